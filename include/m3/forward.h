@@ -1,0 +1,57 @@
+// m3/forward.h — the transformer forward pass over a KV cache.
+//
+// One call of Forward::eval runs T new tokens (a prefill batch, or T = 1 for decode) at positions
+// cache.size() .. cache.size()+T-1, appends their keys and values to the cache, and returns
+// logits. Batched paths go through sgemm; T = 1 through the SIMD GEMV kernels.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+#include "m3/model.h"
+#include "m3/tensor.h"
+#include "m3/thread_pool.h"
+
+namespace m3 {
+
+// Keys (post-RoPE) and values of every layer for up to `capacity` positions.
+// Layout per layer: k[t][G][D], v[t][G][D].
+class KVCache {
+ public:
+  KVCache(const ModelConfig& config, int capacity);
+  int size() const { return n_; }
+  int capacity() const { return capacity_; }
+  void clear() { n_ = 0; }
+  void truncate(int n);
+  float* k(int layer, int t) { return k_.as<float>() + (static_cast<size_t>(layer) * capacity_ + t) * row_; }
+  float* v(int layer, int t) { return v_.as<float>() + (static_cast<size_t>(layer) * capacity_ + t) * row_; }
+  void advance(int n) { n_ += n; }
+
+ private:
+  int n_ = 0;
+  int capacity_;
+  size_t row_;  // G·D
+  Buffer k_, v_;
+};
+
+class Forward {
+ public:
+  // max_batch: the most tokens one eval call may carry (bounds the scratch buffers).
+  Forward(const Model& model, ThreadPool* pool, int max_batch = 512);
+
+  // Runs tokens; writes logits of every token ([T, V]) when all_logits, else of the last ([V]).
+  // Throws m3::Error when a token id is out of range or the cache would overflow (naming the limit).
+  void eval(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits);
+
+  const Model& model() const { return model_; }
+
+ private:
+  void eval_batch(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits);
+  const Model& model_;
+  ThreadPool* pool_;
+  int max_batch_;
+  Buffer x_, xn_, q_, k_, v_, att_, h_, gate_, up_, scores_;
+};
+
+}  // namespace m3

@@ -1,0 +1,50 @@
+// m3/thread_pool.h — a fixed set of worker threads for data-parallel loops.
+//
+// One pool per process is the rule: kernels split rows across it, and OpenBLAS is told to use the
+// same number of threads (see set_blas_threads) so the two never oversubscribe the cores.
+// parallel_for is called from one thread at a time (REQUIRES: external synchronization); it
+// returns after every chunk ran. The calling thread works too, as thread index 0.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+namespace m3 {
+
+class ThreadPool {
+ public:
+  // n_threads <= 0 means "all hardware threads".
+  explicit ThreadPool(int n_threads = 0);
+  ~ThreadPool();
+  ThreadPool(const ThreadPool&) = delete;
+  ThreadPool& operator=(const ThreadPool&) = delete;
+
+  int size() const { return n_threads_; }
+
+  // Runs fn(begin, end, thread) over [0, n) split into size() contiguous ranges.
+  using RangeFn = std::function<void(int64_t begin, int64_t end, int thread)>;
+  void parallel_for(int64_t n, const RangeFn& fn);
+
+ private:
+  void worker(int index);
+
+  int n_threads_;
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  const RangeFn* job_ = nullptr;
+  int64_t job_n_ = 0;
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> pending_{0};
+  bool stop_ = false;
+};
+
+// Sets OpenBLAS's own thread count (no-op when not linked against OpenBLAS).
+void set_blas_threads(int n);
+
+}  // namespace m3

@@ -1,0 +1,232 @@
+// m3 generate / logits / tokenize: running a model.
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+
+#include <nlohmann/json.hpp>
+
+#include "cli/commands.h"
+#include "m3/error.h"
+#include "m3/forward.h"
+#include "m3/npy.h"
+#include "m3/sampler.h"
+
+namespace m3::cli {
+
+namespace {
+
+struct PromptOpts {
+  std::string model, prompt, prompt_file;
+  bool no_bos = false;
+  int threads = 0;
+};
+
+void add_prompt_options(CLI::App* cmd, PromptOpts& o) {
+  cmd->add_option("-m,--model", o.model, "Model file (GGUF)")->required();
+  cmd->add_option("-p,--prompt", o.prompt, "Prompt text");
+  cmd->add_option("-f,--file", o.prompt_file, "Read the prompt from this file");
+  cmd->add_flag("--no-bos", o.no_bos, "Do not prepend the BOS token");
+  cmd->add_option("-t,--threads", o.threads, "Threads (0 = all cores)")->capture_default_str();
+}
+
+std::string prompt_text(const PromptOpts& o) {
+  if (!o.prompt_file.empty()) {
+    if (!o.prompt.empty()) throw Error("give either --prompt or --file, not both");
+    std::ifstream in(o.prompt_file, std::ios::binary);
+    if (!in) throw Error(o.prompt_file + ": cannot open prompt file");
+    std::stringstream ss;
+    ss << in.rdbuf();
+    return ss.str();
+  }
+  return o.prompt;
+}
+
+const Tokenizer& need_tokenizer(const Model& m, const std::string& path) {
+  if (!m.tokenizer()) throw Error(path + ": the model file carries no tokenizer (create it with `m3 init --train-tokenizer` or `--tokenizer`)");
+  return *m.tokenizer();
+}
+
+std::vector<int32_t> tokenize_prompt(const Model& m, const PromptOpts& o) {
+  const Tokenizer& tok = need_tokenizer(m, o.model);
+  std::vector<int32_t> ids = tok.encode(prompt_text(o), !o.no_bos);
+  if (ids.empty()) throw Error("the prompt is empty (and --no-bos was given): nothing to run");
+  if (static_cast<int64_t>(ids.size()) > m.config().context_length)
+    throw Error("prompt has " + std::to_string(ids.size()) + " tokens, more than the model's context length " +
+                std::to_string(m.config().context_length));
+  return ids;
+}
+
+}  // namespace
+
+void register_generate(CLI::App& app) {
+  auto* cmd = app.add_subcommand("generate", "Generate text from a prompt, streaming tokens to stdout");
+  struct Opts : PromptOpts {
+    int n = 64;
+    SamplerParams sp;
+    bool greedy = false, stats = false, ignore_eos = false;
+  };
+  auto o = std::make_shared<Opts>();
+  add_prompt_options(cmd, *o);
+  cmd->add_option("-n,--n-predict", o->n, "Tokens to generate")->capture_default_str();
+  cmd->add_option("--seed", o->sp.seed, "Sampling seed")->capture_default_str();
+  cmd->add_option("--temp", o->sp.temperature, "Temperature (<= 0: greedy)")->capture_default_str();
+  cmd->add_option("--top-k", o->sp.top_k, "Keep the k most likely tokens (<= 0: off)")->capture_default_str();
+  cmd->add_option("--top-p", o->sp.top_p, "Nucleus sampling mass (>= 1: off)")->capture_default_str();
+  cmd->add_option("--min-p", o->sp.min_p, "Drop tokens below min-p × the top probability (<= 0: off)")->capture_default_str();
+  cmd->add_option("--repeat-penalty", o->sp.repeat_penalty, "Penalty for recently seen tokens (1: off)")->capture_default_str();
+  cmd->add_option("--repeat-last-n", o->sp.repeat_last_n, "How many recent tokens the penalty sees")->capture_default_str();
+  cmd->add_flag("--greedy", o->greedy, "Greedy decoding (same as --temp 0)");
+  cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep generating after the end-of-sequence token");
+  cmd->add_flag("--stats", o->stats, "Print prompt and decode speed to stderr");
+  cmd->callback([o] {
+    if (o->n < 0) throw Error("--n-predict must be >= 0");
+    auto model = Model::load(o->model);
+    const Tokenizer& tok = need_tokenizer(*model, o->model);
+    std::vector<int32_t> ids = tokenize_prompt(*model, *o);
+    const int threads = resolve_threads(o->threads);
+    set_blas_threads(threads);
+    ThreadPool pool(threads);
+    const ModelConfig& c = model->config();
+    const int capacity = std::min<int>(c.context_length, static_cast<int>(ids.size()) + o->n);
+    KVCache cache(c, capacity);
+    Forward fwd(*model, &pool);
+    if (o->greedy) o->sp.temperature = 0;
+    Sampler sampler(o->sp);
+    for (int32_t id : ids) sampler.accept(id);
+    std::vector<float> logits(static_cast<size_t>(c.vocab_size));
+
+    std::string prompt = prompt_text(*o);
+    std::fwrite(prompt.data(), 1, prompt.size(), stdout);
+    std::fflush(stdout);
+    auto t0 = std::chrono::steady_clock::now();
+    fwd.eval(ids, cache, logits.data(), false);
+    auto t1 = std::chrono::steady_clock::now();
+    TokenStreamer stream(tok);
+    int generated = 0;
+    for (; generated < o->n && cache.size() < capacity; ++generated) {
+      const int32_t next = sampler.sample(logits.data(), c.vocab_size);
+      if (next == tok.eos_id() && !o->ignore_eos) break;
+      sampler.accept(next);
+      const std::string text = stream.push(next);
+      std::fwrite(text.data(), 1, text.size(), stdout);
+      std::fflush(stdout);
+      if (cache.size() >= capacity) { ++generated; break; }
+      fwd.eval(std::span<const int32_t>(&next, 1), cache, logits.data(), false);
+    }
+    const std::string rest = stream.flush();
+    std::fwrite(rest.data(), 1, rest.size(), stdout);
+    std::printf("\n");
+    auto t2 = std::chrono::steady_clock::now();
+    if (o->stats) {
+      const double pp = std::chrono::duration<double>(t1 - t0).count(), tg = std::chrono::duration<double>(t2 - t1).count();
+      std::fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s (%.2f tok/s); %d threads\n",
+                   ids.size(), pp, ids.size() / pp, generated, tg, generated / std::max(tg, 1e-9), threads);
+    }
+    if (cache.size() >= c.context_length && generated < o->n)
+      std::fprintf(stderr, "m3: stopped at the model's context length %d\n", c.context_length);
+  });
+}
+
+void register_logits(CLI::App& app) {
+  auto* cmd = app.add_subcommand("logits", "Write the logits of every prompt position as a float32 .npy [tokens, vocab]");
+  struct Opts : PromptOpts {
+    std::string out, tokens_out;
+    bool decode = false;
+  };
+  auto o = std::make_shared<Opts>();
+  add_prompt_options(cmd, *o);
+  cmd->add_option("-o,--output", o->out, ".npy file to write")->required();
+  cmd->add_option("--tokens-out", o->tokens_out, "Also write the prompt's token ids as JSON");
+  cmd->add_flag("--decode", o->decode, "Run token by token through the decode path instead of one prefill batch");
+  cmd->callback([o] {
+    auto model = Model::load(o->model);
+    std::vector<int32_t> ids = tokenize_prompt(*model, *o);
+    const int threads = resolve_threads(o->threads);
+    set_blas_threads(threads);
+    ThreadPool pool(threads);
+    const ModelConfig& c = model->config();
+    KVCache cache(c, static_cast<int>(ids.size()));
+    Forward fwd(*model, &pool);
+    std::vector<float> logits(ids.size() * static_cast<size_t>(c.vocab_size));
+    if (o->decode) {
+      for (size_t i = 0; i < ids.size(); ++i) fwd.eval(std::span<const int32_t>(&ids[i], 1), cache, logits.data() + i * c.vocab_size, false);
+    } else {
+      fwd.eval(ids, cache, logits.data(), true);
+    }
+    write_npy(o->out, logits.data(), {static_cast<int64_t>(ids.size()), c.vocab_size});
+    if (!o->tokens_out.empty()) {
+      std::ofstream out(o->tokens_out);
+      if (!out) throw Error(o->tokens_out + ": cannot create");
+      out << nlohmann::json{{"tokens", ids}}.dump() << "\n";
+    }
+    std::fprintf(stderr, "wrote %s: [%zu, %d] float32\n", o->out.c_str(), ids.size(), c.vocab_size);
+  });
+}
+
+void register_tokenize(CLI::App& app) {
+  auto* cmd = app.add_subcommand("tokenize", "Show how a model (or a tokenizer file) splits text into tokens");
+  struct Opts {
+    std::string model, tokenizer, prompt, file;
+    bool ids_only = false, bos = false;
+  };
+  auto o = std::make_shared<Opts>();
+  cmd->add_option("-m,--model", o->model, "Model file whose tokenizer to use");
+  cmd->add_option("--tokenizer", o->tokenizer, "SentencePiece model file instead of a model");
+  cmd->add_option("-p,--prompt", o->prompt, "Text to tokenize");
+  cmd->add_option("-f,--file", o->file, "Read the text from this file");
+  cmd->add_flag("--bos", o->bos, "Prepend BOS");
+  cmd->add_flag("--ids", o->ids_only, "Print only the ids, space-separated");
+  cmd->callback([o] {
+    std::unique_ptr<Model> model;
+    std::unique_ptr<Tokenizer> own;
+    const Tokenizer* tok = nullptr;
+    if (!o->model.empty() == !o->tokenizer.empty()) throw Error("give exactly one of --model or --tokenizer");
+    if (!o->model.empty()) {
+      model = Model::load(o->model);
+      tok = &need_tokenizer(*model, o->model);
+    } else {
+      own = Tokenizer::from_file(o->tokenizer);
+      tok = own.get();
+    }
+    PromptOpts po;
+    po.prompt = o->prompt;
+    po.prompt_file = o->file;
+    const std::vector<int32_t> ids = tok->encode(prompt_text(po), o->bos);
+    if (o->ids_only) {
+      for (size_t i = 0; i < ids.size(); ++i) std::printf(i ? " %d" : "%d", ids[i]);
+      std::printf("\n");
+      return;
+    }
+    for (int32_t id : ids) std::printf("%6d  %s\n", id, tok->piece(id).c_str());
+    std::printf("%zu tokens\n", ids.size());
+  });
+}
+
+void register_tokenizer(CLI::App& app) {
+  auto* cmd = app.add_subcommand("tokenizer", "Tokenizer tools");
+  cmd->require_subcommand(1);
+  auto* train = cmd->add_subcommand("train", "Train a SentencePiece BPE tokenizer (byte fallback) on text files");
+  struct Opts {
+    std::vector<std::string> files;
+    std::string out;
+    TokenizerTrainOptions opts;
+  };
+  auto o = std::make_shared<Opts>();
+  train->add_option("files", o->files, "Plain-text training files (UTF-8)")->required();
+  train->add_option("-o,--output", o->out, "Tokenizer model file to write")->required();
+  train->add_option("--vocab", o->opts.vocab_size, "Vocabulary size")->capture_default_str();
+  train->add_option("--threads", o->opts.threads, "Threads (0 = all cores)")->capture_default_str();
+  train->add_option("--seed", o->opts.seed, "Seed")->capture_default_str();
+  train->callback([o] {
+    const std::string proto = Tokenizer::train(o->files, o->opts);
+    std::ofstream out(o->out, std::ios::binary);
+    if (!out) throw Error(o->out + ": cannot create");
+    out.write(proto.data(), static_cast<std::streamsize>(proto.size()));
+    if (!out) throw Error(o->out + ": write failed");
+    auto tok = Tokenizer::from_serialized(proto, o->out);
+    std::printf("wrote %s: %d pieces\n", o->out.c_str(), tok->vocab_size());
+  });
+}
+
+}  // namespace m3::cli

@@ -1,0 +1,22 @@
+// The m3 command-line tool: each subcommand registers itself on the CLI11 app.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace m3::cli {
+
+// Every register_* adds one subcommand and sets its callback; the callback throws m3::Error on
+// bad input, which main() prints as one line with exit code 1.
+void register_init(CLI::App& app);
+void register_inspect(CLI::App& app);
+void register_quantize(CLI::App& app);
+void register_generate(CLI::App& app);
+void register_logits(CLI::App& app);
+void register_tokenize(CLI::App& app);
+void register_tokenizer(CLI::App& app);
+
+// Threads option shared by compute commands: 0 = all cores.
+int resolve_threads(int requested);
+
+}  // namespace m3::cli

@@ -1,0 +1,143 @@
+// The transformer forward pass (Llama family: RMSNorm, GQA attention with RoPE, SwiGLU MLP).
+//
+//   x = embed(tokens)                                   x: [T, C]
+//   per layer:
+//     xn = rmsnorm(x) · attn_norm
+//     q = xn·Wqᵀ [T, H·D]   k = xn·Wkᵀ [T, G·D]   v = xn·Wvᵀ [T, G·D]
+//     rope(q), rope(k) at positions p0..p0+T-1; append k, v to the cache
+//     att[t, h] = Σ_s softmax_s(q[t,h]·k[s,g]/√D) v[s,g],  s ≤ p0+t, g = h / (H/G)
+//     x += att·Woᵀ
+//     xn = rmsnorm(x) · ffn_norm
+//     x += (silu(xn·Wgateᵀ) ⊙ xn·Wupᵀ)·Wdownᵀ
+//   logits = (rmsnorm(x) · output_norm)·Woutᵀ          [T, V]
+#include "m3/forward.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "m3/error.h"
+#include "m3/kernels.h"
+
+namespace m3 {
+
+KVCache::KVCache(const ModelConfig& c, int capacity)
+    : capacity_(capacity),
+      row_(static_cast<size_t>(c.n_kv_heads) * c.head_dim),
+      k_(static_cast<size_t>(c.n_layers) * capacity * row_ * sizeof(float)),
+      v_(static_cast<size_t>(c.n_layers) * capacity * row_ * sizeof(float)) {
+  if (capacity <= 0) throw Error("KV cache capacity must be > 0");
+}
+
+void KVCache::truncate(int n) {
+  if (n < 0 || n > n_) throw Error("KV cache truncate to " + std::to_string(n) + " outside 0.." + std::to_string(n_));
+  n_ = n;
+}
+
+Forward::Forward(const Model& model, ThreadPool* pool, int max_batch) : model_(model), pool_(pool), max_batch_(max_batch) {
+  const ModelConfig& c = model.config();
+  const size_t T = static_cast<size_t>(max_batch), Q = size_t(c.n_heads) * c.head_dim, KV = size_t(c.n_kv_heads) * c.head_dim;
+  x_ = Buffer(T * c.dim * 4);
+  xn_ = Buffer(T * c.dim * 4);
+  q_ = Buffer(T * Q * 4);
+  k_ = Buffer(T * KV * 4);
+  v_ = Buffer(T * KV * 4);
+  att_ = Buffer(T * Q * 4);
+  h_ = Buffer(T * std::max<size_t>(c.dim, c.ffn_dim) * 4);
+  gate_ = Buffer(T * c.ffn_dim * 4);
+  up_ = Buffer(T * c.ffn_dim * 4);
+}
+
+void Forward::eval(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits) {
+  const ModelConfig& c = model_.config();
+  const int64_t end = int64_t(cache.size()) + int64_t(tokens.size());
+  if (end > c.context_length)
+    throw Error("sequence of " + std::to_string(end) + " tokens exceeds the model's context length " + std::to_string(c.context_length));
+  if (end > cache.capacity())
+    throw Error("sequence of " + std::to_string(end) + " tokens exceeds the KV cache capacity " + std::to_string(cache.capacity()));
+  for (size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
+      throw Error("token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) + " is outside the vocabulary 0.." +
+                  std::to_string(c.vocab_size - 1));
+  for (size_t b = 0; b < tokens.size(); b += static_cast<size_t>(max_batch_)) {
+    const size_t n = std::min(tokens.size() - b, static_cast<size_t>(max_batch_));
+    const bool last = b + n == tokens.size();
+    float* out = all_logits ? logits + b * c.vocab_size : (last ? logits : nullptr);
+    eval_batch(tokens.subspan(b, n), cache, out, all_logits);
+  }
+}
+
+void Forward::eval_batch(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits) {
+  const ModelConfig& c = model_.config();
+  const int64_t T = static_cast<int64_t>(tokens.size());
+  const int64_t C = c.dim, H = c.n_heads, G = c.n_kv_heads, D = c.head_dim, F = c.ffn_dim;
+  const int64_t Q = H * D, KV = G * D, group = H / G;
+  const int p0 = cache.size();
+  float* x = x_.as<float>();
+  float* xn = xn_.as<float>();
+  float* q = q_.as<float>();
+  float* k = k_.as<float>();
+  float* v = v_.as<float>();
+  float* att = att_.as<float>();
+  float* h = h_.as<float>();
+  float* gate = gate_.as<float>();
+  float* up = up_.as<float>();
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const int n_threads = pool_ ? pool_->size() : 1;
+  std::vector<std::vector<float>> scores(n_threads, std::vector<float>(static_cast<size_t>(p0 + T)));
+
+  for (int64_t t = 0; t < T; ++t) embedding(model_.token_embd, tokens[t], x + t * C);
+
+  for (int l = 0; l < c.n_layers; ++l) {
+    const LayerWeights& w = model_.layers[l];
+    const float* norm_w = static_cast<const float*>(w.attn_norm.data);
+    for (int64_t t = 0; t < T; ++t) rmsnorm(xn + t * C, x + t * C, norm_w, C, c.rms_eps);
+    matmul(w.wq, xn, q, T, pool_);
+    matmul(w.wk, xn, k, T, pool_);
+    matmul(w.wv, xn, v, T, pool_);
+    for (int64_t t = 0; t < T; ++t) {
+      rope(q + t * Q, H, D, p0 + t, c.rope_theta);
+      rope(k + t * KV, G, D, p0 + t, c.rope_theta);
+      std::memcpy(cache.k(l, p0 + static_cast<int>(t)), k + t * KV, KV * sizeof(float));
+      std::memcpy(cache.v(l, p0 + static_cast<int>(t)), v + t * KV, KV * sizeof(float));
+    }
+    // Causal attention, one (token, head) pair per work item.
+    auto attend = [&](int64_t begin, int64_t end, int thread) {
+      float* s = scores[thread].data();
+      for (int64_t item = begin; item < end; ++item) {
+        const int64_t t = item / H, hd = item % H, g = hd / group;
+        const int64_t n_keys = p0 + t + 1;
+        const float* qh = q + t * Q + hd * D;
+        for (int64_t j = 0; j < n_keys; ++j) s[j] = dot_f32(qh, cache.k(l, static_cast<int>(j)) + g * D, D) * scale;
+        softmax(s, n_keys);
+        float* out = att + t * Q + hd * D;
+        std::fill(out, out + D, 0.0f);
+        for (int64_t j = 0; j < n_keys; ++j) {
+          const float* vj = cache.v(l, static_cast<int>(j)) + g * D;
+          const float p = s[j];
+          for (int64_t d = 0; d < D; ++d) out[d] += p * vj[d];
+        }
+      }
+    };
+    if (pool_) pool_->parallel_for(T * H, attend); else attend(0, T * H, 0);
+    matmul(w.wo, att, h, T, pool_);
+    for (int64_t i = 0; i < T * C; ++i) x[i] += h[i];
+
+    const float* ffn_w = static_cast<const float*>(w.ffn_norm.data);
+    for (int64_t t = 0; t < T; ++t) rmsnorm(xn + t * C, x + t * C, ffn_w, C, c.rms_eps);
+    matmul(w.w_gate, xn, gate, T, pool_);
+    matmul(w.w_up, xn, up, T, pool_);
+    swiglu(gate, gate, up, T * F);
+    matmul(w.w_down, gate, h, T, pool_);
+    for (int64_t i = 0; i < T * C; ++i) x[i] += h[i];
+  }
+  cache.advance(static_cast<int>(T));
+
+  if (!logits) return;
+  const float* out_w = static_cast<const float*>(model_.output_norm.data);
+  const int64_t first = all_logits ? 0 : T - 1;
+  for (int64_t t = first; t < T; ++t) rmsnorm(xn + (t - first) * C, x + t * C, out_w, C, c.rms_eps);
+  matmul(model_.output, xn, logits, T - first, pool_);
+}
+
+}  // namespace m3
