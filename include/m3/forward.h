@@ -26,6 +26,8 @@ class KVCache {
   void truncate(int n);
   float* k(int layer, int t) { return k_.as<float>() + (static_cast<size_t>(layer) * capacity_ + t) * row_; }
   float* v(int layer, int t) { return v_.as<float>() + (static_cast<size_t>(layer) * capacity_ + t) * row_; }
+  const float* k(int layer, int t) const { return k_.as<float>() + (static_cast<size_t>(layer) * capacity_ + t) * row_; }
+  const float* v(int layer, int t) const { return v_.as<float>() + (static_cast<size_t>(layer) * capacity_ + t) * row_; }
   void advance(int n) { n_ += n; }
 
  private:
@@ -33,6 +35,21 @@ class KVCache {
   int capacity_;
   size_t row_;  // G·D
   Buffer k_, v_;
+};
+
+// Sees each layer's intermediate values during Forward::eval (the memory writer uses it to select
+// tokens from un-rotated queries and keys). Pointers are valid only during the call.
+//   q_raw [T, H·D] and k_raw [T, G·D]: projections before RoPE
+//   the post-RoPE keys and the values of these T tokens are in the cache at rows cache_begin..
+class LayerObserver {
+ public:
+  virtual ~LayerObserver() = default;
+  virtual void on_layer(int layer, int64_t T, const float* q_raw, const float* k_raw, const KVCache& cache, int cache_begin) = 0;
+};
+
+struct EvalOptions {
+  int n_layers = -1;                 // run only the first n_layers (-1: all); no logits unless all run
+  LayerObserver* observer = nullptr; // called after each layer's keys and values are cached
 };
 
 class Forward {
@@ -43,15 +60,17 @@ class Forward {
   // Runs tokens; writes logits of every token ([T, V]) when all_logits, else of the last ([V]).
   // Throws m3::Error when a token id is out of range or the cache would overflow (naming the limit).
   void eval(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits);
+  // The same with options: a prefix of the layers (logits must then be null) and an observer.
+  void eval(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits, const EvalOptions& options);
 
   const Model& model() const { return model_; }
 
  private:
-  void eval_batch(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits);
+  void eval_batch(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits, const EvalOptions& options);
   const Model& model_;
   ThreadPool* pool_;
   int max_batch_;
-  Buffer x_, xn_, q_, k_, v_, att_, h_, gate_, up_, scores_;
+  Buffer x_, xn_, q_, k_, v_, att_, h_, gate_, up_, q_raw_, k_raw_;
 };
 
 }  // namespace m3

@@ -1,7 +1,7 @@
 // m3/thread_pool.h — a fixed set of worker threads for data-parallel loops.
 //
-// One pool per process is the rule: kernels split rows across it, and OpenBLAS is told to use the
-// same number of threads (see set_blas_threads) so the two never oversubscribe the cores.
+// One pool per process is the rule: kernels split rows across it, and OpenBLAS runs single-threaded
+// inside the pool's threads (matmul sets that), so no second set of threads competes for the cores.
 // parallel_for is called from one thread at a time (REQUIRES: external synchronization); it
 // returns after every chunk ran. The calling thread works too, as thread index 0.
 #pragma once
@@ -44,7 +44,8 @@ class ThreadPool {
   bool stop_ = false;
 };
 
-// Sets OpenBLAS's own thread count (no-op when not linked against OpenBLAS).
+// Sets OpenBLAS's own thread count. m3's matmul sets 1 on first use; benchmarks of raw sgemm may
+// raise it.
 void set_blas_threads(int n);
 
 }  // namespace m3

@@ -42,6 +42,8 @@ class Tokenizer {
   Tokenizer& operator=(const Tokenizer&) = delete;
 
   // Text → ids. Throws m3::Error if text is not valid UTF-8 (names the byte offset).
+  // decode(encode(t)) == t for every valid t, except that a literal U+2581 "▁" (SentencePiece's
+  // own space marker) comes back as a space.
   std::vector<int32_t> encode(std::string_view text, bool add_bos = false, bool add_eos = false) const;
   // ids → text (BOS/EOS/control ids produce nothing). Ids out of range throw m3::Error.
   std::string decode(const std::vector<int32_t>& ids) const;
@@ -73,6 +75,8 @@ class Tokenizer {
 // are held back until the character is complete; bytes that can never form a character come out
 // as U+FFFD, one per byte, as decode() does. The "▁" that opens the first word (SentencePiece's
 // dummy prefix, also after a BOS) is dropped, as decode() does.
+// To continue after text that is already on screen (a prompt), push() the prompt's ids first and
+// discard what they return; otherwise the first generated word loses its leading space.
 // Not thread-safe; one streamer per generated sequence. The tokenizer must outlive it.
 class TokenStreamer {
  public:

@@ -85,7 +85,6 @@ void register_generate(CLI::App& app) {
     const Tokenizer& tok = need_tokenizer(*model, o->model);
     std::vector<int32_t> ids = tokenize_prompt(*model, *o);
     const int threads = resolve_threads(o->threads);
-    set_blas_threads(threads);
     ThreadPool pool(threads);
     const ModelConfig& c = model->config();
     const int capacity = std::min<int>(c.context_length, static_cast<int>(ids.size()) + o->n);
@@ -103,6 +102,7 @@ void register_generate(CLI::App& app) {
     fwd.eval(ids, cache, logits.data(), false);
     auto t1 = std::chrono::steady_clock::now();
     TokenStreamer stream(tok);
+    for (int32_t id : ids) stream.push(id);  // prime with the prompt so the first word keeps its space
     int generated = 0;
     for (; generated < o->n && cache.size() < capacity; ++generated) {
       const int32_t next = sampler.sample(logits.data(), c.vocab_size);
@@ -143,7 +143,6 @@ void register_logits(CLI::App& app) {
     auto model = Model::load(o->model);
     std::vector<int32_t> ids = tokenize_prompt(*model, *o);
     const int threads = resolve_threads(o->threads);
-    set_blas_threads(threads);
     ThreadPool pool(threads);
     const ModelConfig& c = model->config();
     KVCache cache(c, static_cast<int>(ids.size()));

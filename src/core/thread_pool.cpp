@@ -64,7 +64,7 @@ void ThreadPool::worker(int index) {
   for (;;) {
     // Spin a little for the next job before sleeping.
     uint64_t gen = generation_.load(std::memory_order_acquire);
-    for (int spin = 0; gen == seen && spin < 20000; ++spin) {
+    for (int spin = 0; gen == seen && spin < 4000; ++spin) {
 #if defined(__x86_64__)
       __builtin_ia32_pause();
 #endif

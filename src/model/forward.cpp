@@ -46,9 +46,15 @@ Forward::Forward(const Model& model, ThreadPool* pool, int max_batch) : model_(m
   h_ = Buffer(T * std::max<size_t>(c.dim, c.ffn_dim) * 4);
   gate_ = Buffer(T * c.ffn_dim * 4);
   up_ = Buffer(T * c.ffn_dim * 4);
+  q_raw_ = Buffer(T * Q * 4);
+  k_raw_ = Buffer(T * KV * 4);
 }
 
 void Forward::eval(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits) {
+  eval(tokens, cache, logits, all_logits, EvalOptions{});
+}
+
+void Forward::eval(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits, const EvalOptions& options) {
   const ModelConfig& c = model_.config();
   const int64_t end = int64_t(cache.size()) + int64_t(tokens.size());
   if (end > c.context_length)
@@ -59,15 +65,17 @@ void Forward::eval(std::span<const int32_t> tokens, KVCache& cache, float* logit
     if (tokens[i] < 0 || tokens[i] >= c.vocab_size)
       throw Error("token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) + " is outside the vocabulary 0.." +
                   std::to_string(c.vocab_size - 1));
+  if (options.n_layers > c.n_layers) throw Error("eval: n_layers " + std::to_string(options.n_layers) + " > model layers " + std::to_string(c.n_layers));
+  if (options.n_layers >= 0 && options.n_layers < c.n_layers && logits) throw Error("eval: logits need all layers");
   for (size_t b = 0; b < tokens.size(); b += static_cast<size_t>(max_batch_)) {
     const size_t n = std::min(tokens.size() - b, static_cast<size_t>(max_batch_));
     const bool last = b + n == tokens.size();
     float* out = all_logits ? logits + b * c.vocab_size : (last ? logits : nullptr);
-    eval_batch(tokens.subspan(b, n), cache, out, all_logits);
+    eval_batch(tokens.subspan(b, n), cache, out, all_logits, options);
   }
 }
 
-void Forward::eval_batch(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits) {
+void Forward::eval_batch(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits, const EvalOptions& options) {
   const ModelConfig& c = model_.config();
   const int64_t T = static_cast<int64_t>(tokens.size());
   const int64_t C = c.dim, H = c.n_heads, G = c.n_kv_heads, D = c.head_dim, F = c.ffn_dim;
@@ -88,19 +96,25 @@ void Forward::eval_batch(std::span<const int32_t> tokens, KVCache& cache, float*
 
   for (int64_t t = 0; t < T; ++t) embedding(model_.token_embd, tokens[t], x + t * C);
 
-  for (int l = 0; l < c.n_layers; ++l) {
+  const int n_layers = options.n_layers < 0 ? c.n_layers : options.n_layers;
+  for (int l = 0; l < n_layers; ++l) {
     const LayerWeights& w = model_.layers[l];
     const float* norm_w = static_cast<const float*>(w.attn_norm.data);
     for (int64_t t = 0; t < T; ++t) rmsnorm(xn + t * C, x + t * C, norm_w, C, c.rms_eps);
     matmul(w.wq, xn, q, T, pool_);
     matmul(w.wk, xn, k, T, pool_);
     matmul(w.wv, xn, v, T, pool_);
+    if (options.observer) {
+      std::memcpy(q_raw_.data(), q, T * Q * sizeof(float));
+      std::memcpy(k_raw_.data(), k, T * KV * sizeof(float));
+    }
     for (int64_t t = 0; t < T; ++t) {
       rope(q + t * Q, H, D, p0 + t, c.rope_theta);
       rope(k + t * KV, G, D, p0 + t, c.rope_theta);
       std::memcpy(cache.k(l, p0 + static_cast<int>(t)), k + t * KV, KV * sizeof(float));
       std::memcpy(cache.v(l, p0 + static_cast<int>(t)), v + t * KV, KV * sizeof(float));
     }
+    if (options.observer) options.observer->on_layer(l, T, q_raw_.as<float>(), k_raw_.as<float>(), cache, p0);
     // Causal attention, one (token, head) pair per work item.
     auto attend = [&](int64_t begin, int64_t end, int thread) {
       float* s = scores[thread].data();
@@ -133,7 +147,7 @@ void Forward::eval_batch(std::span<const int32_t> tokens, KVCache& cache, float*
   }
   cache.advance(static_cast<int>(T));
 
-  if (!logits) return;
+  if (!logits || n_layers < c.n_layers) return;
   const float* out_w = static_cast<const float*>(model_.output_norm.data);
   const int64_t first = all_logits ? 0 : T - 1;
   for (int64_t t = first; t < T; ++t) rmsnorm(xn + (t - first) * C, x + t * C, out_w, C, c.rms_eps);

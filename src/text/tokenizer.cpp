@@ -19,7 +19,6 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
-#include <sstream>
 #include <thread>
 #include <unordered_map>
 
@@ -416,7 +415,9 @@ std::string Tokenizer::train(const std::vector<std::string>& text_files, const T
   };
   // The sampling of input sentences is the only randomness in BPE training; SentencePiece seeds it
   // from this process-wide generator (so concurrent trainings in one process are not supported).
-  sentencepiece::SetRandomGeneratorSeed(options.seed);
+  // SentencePiece reserves seed 0xFFFFFFFF for "seed from std::random_device"; keep every seed
+  // deterministic.
+  sentencepiece::SetRandomGeneratorSeed(options.seed == 0xFFFFFFFFu ? 0xFFFFFFFEu : options.seed);
 
   LineIterator lines(text_files, static_cast<size_t>(options.max_sentence_length));
   std::string proto;
