@@ -45,7 +45,7 @@ constexpr size_t kGGUFAlignment = 32;
 class GGUFFile {
  public:
   // Maps and validates the file. Throws m3::Error naming the path and the problem.
-  static std::unique_ptr<GGUFFile> open(const std::string& path);
+  static std::unique_ptr<GGUFFile> open(const std::string& path, FileLoad mode = FileLoad::Map);
 
   const std::string& path() const { return path_; }
   uint32_t version() const { return version_; }

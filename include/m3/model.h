@@ -28,7 +28,9 @@ class Model {
  public:
   // Maps the file, reads the config, checks every tensor's presence, type and shape, and loads
   // the tokenizer when the file carries one. Throws m3::Error naming the file and the problem.
-  static std::unique_ptr<Model> load(const std::string& path);
+  // mode: FileLoad::Read (default) copies the weights into huge-page memory, FileLoad::Map maps
+  // the file (fast start, shared page cache, slower decode on large models).
+  static std::unique_ptr<Model> load(const std::string& path, FileLoad mode = FileLoad::Read);
 
   const ModelConfig& config() const { return config_; }
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }  // null when the file has none

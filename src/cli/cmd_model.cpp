@@ -111,7 +111,7 @@ void register_inspect(CLI::App& app) {
   cmd->add_flag("--tensors", *tensors, "List every tensor");
   cmd->add_flag("--verify", *verify, "Recompute the fingerprint over all weights and compare with the stored one");
   cmd->callback([path, tensors, verify] {
-    auto m = Model::load(*path);
+    auto m = Model::load(*path, FileLoad::Map);
     const ModelConfig& c = m->config();
     const GGUFFile& f = m->file();
     std::printf("file          %s (GGUF v%u, %s)\n", path->c_str(), f.version(), human_bytes(static_cast<double>(f.mapping().size())).c_str());
@@ -169,9 +169,9 @@ void register_quantize(CLI::App& app) {
   cmd->callback([in, out, type] {
     const auto t = dtype_from_name(*type);
     if (!t) throw Error("--type '" + *type + "' is not one of f32, f16, bf16, q8_0, q4_0");
-    Model::load(*in);  // validate the input fully before writing anything
+    Model::load(*in, FileLoad::Map);  // validate the input fully before writing anything
     quantize_model(*in, *out, *t);
-    auto m = Model::load(*out);
+    auto m = Model::load(*out, FileLoad::Map);
     std::printf("wrote %s (%s, fingerprint %s)\n", out->c_str(), dtype_name(*t), m->fingerprint().c_str());
   });
 }

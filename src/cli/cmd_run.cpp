@@ -18,7 +18,7 @@ namespace {
 
 struct PromptOpts {
   std::string model, prompt, prompt_file;
-  bool no_bos = false;
+  bool no_bos = false, mmap = false;
   int threads = 0;
 };
 
@@ -28,6 +28,7 @@ void add_prompt_options(CLI::App* cmd, PromptOpts& o) {
   cmd->add_option("-f,--file", o.prompt_file, "Read the prompt from this file");
   cmd->add_flag("--no-bos", o.no_bos, "Do not prepend the BOS token");
   cmd->add_option("-t,--threads", o.threads, "Threads (0 = all cores)")->capture_default_str();
+  cmd->add_flag("--mmap", o.mmap, "Map the model file instead of copying it into huge-page memory (faster start, slower decode)");
 }
 
 std::string prompt_text(const PromptOpts& o) {
@@ -81,7 +82,7 @@ void register_generate(CLI::App& app) {
   cmd->add_flag("--stats", o->stats, "Print prompt and decode speed to stderr");
   cmd->callback([o] {
     if (o->n < 0) throw Error("--n-predict must be >= 0");
-    auto model = Model::load(o->model);
+    auto model = Model::load(o->model, o->mmap ? FileLoad::Map : FileLoad::Read);
     const Tokenizer& tok = need_tokenizer(*model, o->model);
     std::vector<int32_t> ids = tokenize_prompt(*model, *o);
     const int threads = resolve_threads(o->threads);
@@ -140,7 +141,7 @@ void register_logits(CLI::App& app) {
   cmd->add_option("--tokens-out", o->tokens_out, "Also write the prompt's token ids as JSON");
   cmd->add_flag("--decode", o->decode, "Run token by token through the decode path instead of one prefill batch");
   cmd->callback([o] {
-    auto model = Model::load(o->model);
+    auto model = Model::load(o->model, o->mmap ? FileLoad::Map : FileLoad::Read);
     std::vector<int32_t> ids = tokenize_prompt(*model, *o);
     const int threads = resolve_threads(o->threads);
     ThreadPool pool(threads);
@@ -182,7 +183,7 @@ void register_tokenize(CLI::App& app) {
     const Tokenizer* tok = nullptr;
     if (!o->model.empty() == !o->tokenizer.empty()) throw Error("give exactly one of --model or --tokenizer");
     if (!o->model.empty()) {
-      model = Model::load(o->model);
+      model = Model::load(o->model, FileLoad::Map);
       tok = &need_tokenizer(*model, o->model);
     } else {
       own = Tokenizer::from_file(o->tokenizer);

@@ -147,10 +147,10 @@ GGUFValue read_value(Cursor& c, GGUFType type, const std::string& key, const std
 
 }  // namespace
 
-std::unique_ptr<GGUFFile> GGUFFile::open(const std::string& path) {
+std::unique_ptr<GGUFFile> GGUFFile::open(const std::string& path, FileLoad mode) {
   std::unique_ptr<GGUFFile> f(new GGUFFile());
   f->path_ = path;
-  f->map_ = std::make_unique<MappedFile>(path);
+  f->map_ = std::make_unique<MappedFile>(path, mode);
   Cursor c(f->map_->data(), f->map_->size(), f->path_);
   if (f->map_->size() < 4) throw Error(path + ": not a GGUF file (only " + std::to_string(f->map_->size()) + " bytes)");
   const uint32_t magic = c.read<uint32_t>("magic");

@@ -99,9 +99,9 @@ std::string fingerprint_of(const ModelConfig& c, const std::vector<const TensorV
   return buf;
 }
 
-std::unique_ptr<Model> Model::load(const std::string& path) {
+std::unique_ptr<Model> Model::load(const std::string& path, FileLoad mode) {
   std::unique_ptr<Model> m(new Model());
-  m->file_ = GGUFFile::open(path);
+  m->file_ = GGUFFile::open(path, mode);
   const GGUFFile& f = *m->file_;
   m->config_ = read_config(f);
   const ModelConfig& c = m->config_;
