@@ -8,6 +8,7 @@ PACKAGES=(
   libopenblas-dev                 # sgemm for prefill / training
   libsentencepiece-dev sentencepiece
   nlohmann-json3-dev libcli11-dev libxxhash-dev
+  libfaiss-dev libhnswlib-dev libsqlite3-dev     # memory codecs, dense retrieval, bank catalog
   libgtest-dev libgmock-dev libbenchmark-dev librapidcheck-dev
   python3-numpy python3-torch python3-sentencepiece   # the PyTorch oracle (run with /usr/bin/python3)
 )

@@ -44,7 +44,11 @@ class KVCache {
 class LayerObserver {
  public:
   virtual ~LayerObserver() = default;
-  virtual void on_layer(int layer, int64_t T, const float* q_raw, const float* k_raw, const KVCache& cache, int cache_begin) = 0;
+  virtual void on_layer(int layer, int64_t T, const float* q_raw, const float* k_raw, const KVCache& cache, int cache_begin) {
+    (void)layer; (void)T; (void)q_raw; (void)k_raw; (void)cache; (void)cache_begin;
+  }
+  // The residual stream x [T, C] after layer `layer` (embedders pool it).
+  virtual void on_hidden(int layer, int64_t T, const float* x) { (void)layer; (void)T; (void)x; }
 };
 
 struct EvalOptions {

@@ -144,6 +144,7 @@ void Forward::eval_batch(std::span<const int32_t> tokens, KVCache& cache, float*
     swiglu(gate, gate, up, T * F);
     matmul(w.w_down, gate, h, T, pool_);
     for (int64_t i = 0; i < T * C; ++i) x[i] += h[i];
+    if (options.observer) options.observer->on_hidden(l, T, x);
   }
   cache.advance(static_cast<int>(T));
 
