@@ -5,9 +5,18 @@
 // Described by a factory string, FAISS style, that is stored in a bank's manifest:
 //   "bf16"   2·D bytes, the paper's raw form           "f16"  2·D bytes
 //   "int8"   D bytes + a 4-byte f32 scale per vector (symmetric, absmax/127)
-//   "pq" or "pq:<faiss factory>"  a FAISS index-factory string trained on sampled vectors
-//            ("pq" alone = the paper's OPQ20x80,Residual2x14,PQ8x10 scaled to D)
-// Contract: encode/decode are thread-safe after train(); code_size() is fixed once trained.
+//   "pq:<faiss factory>"  a FAISS 1.7.3 index-factory string used as a standalone codec
+//            (sa_encode / sa_decode), trained on sampled vectors. The paper's
+//            "OPQ20x80-Residual2x14-PQ8x10" is "pq:OPQ20_80,Residual2x14,PQ8x10": 14 bytes at D=80.
+//   "pq"     that form scaled to D (D even): OPQ<m>_D with m the largest divisor of D ≤ D/4,
+//            Residual2x<c>, PQ<k>x<p> with k the divisor of D nearest D/10; c = min(14, b),
+//            p = min(10, b), b = ⌊log2(n_train/39)⌋ (39 points per centroid), chosen by train();
+//            train() needs n ≥ 9,984 (b ≥ 8); full 14/10 bits need n ≥ 638,976. Before training
+//            spec() is "pq" and code_size() the full form's (14 at D=80); after train() or
+//            load_params() spec() is the concrete "pq:..." string.
+// Contract: encode/decode are thread-safe after train() / load_params() (which are not, and must
+// not run concurrently with them); code_size() is fixed once trained. FAISS runs on the calling
+// thread (callers parallelise over vectors). Non-finite inputs to int8 / pq throw m3::Error.
 #pragma once
 
 #include <cstdint>
@@ -28,7 +37,8 @@ class VectorCodec {
   virtual void train(const float* x, int64_t n) { (void)x; (void)n; }
   virtual void encode(const float* x, int64_t n, uint8_t* codes) const = 0;
   virtual void decode(const uint8_t* codes, int64_t n, float* x) const = 0;
-  // Trained parameters as bytes (empty for codecs without training), and the reverse.
+  // Trained parameters as bytes (empty for codecs without training), and the reverse. A codec
+  // rebuilt with make_codec(spec()) then load_params(save_params()) codes bit-identically.
   virtual std::string save_params() const { return {}; }
   virtual void load_params(const std::string& bytes) { (void)bytes; }
 };

@@ -125,7 +125,9 @@ class LlamaModel:
 
     # one transformer block; x: [T, C], pos: [T]
     def block(self, i: int, x: torch.Tensor, pos: torch.Tensor,
-              cache: Optional[KVCache]) -> torch.Tensor:
+              cache: Optional[KVCache], trace: Optional[list] = None) -> torch.Tensor:
+        """trace, when given, receives this layer's {"q_raw", "k_raw"} (before RoPE) and
+        {"k", "v"} (k after RoPE), each [T, heads, D], for the memory writer."""
         c, w, p = self.cfg, self.w, f"blk.{i}."
         T = x.shape[0]
         H, G, D = c.n_head, c.n_head_kv, c.head_dim
@@ -136,8 +138,11 @@ class LlamaModel:
         k = (h @ w[p + "attn_k.weight"].T).view(T, G, D)                # [T, G, D]
         v = (h @ w[p + "attn_v.weight"].T).view(T, G, D)                # [T, G, D]
         cos, sin = rope_cos_sin(pos, c.n_rot, c.rope_theta, self.dtype)  # [T, n_rot/2]
+        q_raw, k_raw = q, k
         q = rope(q, cos, sin)
         k = rope(k, cos, sin)
+        if trace is not None:
+            trace.append({"q_raw": q_raw, "k_raw": k_raw, "k": k, "v": v})
         if cache is not None:                       # append this call's keys/values
             if cache.k[i] is not None:
                 k = torch.cat([cache.k[i], k], dim=0)                   # [S, G, D]
@@ -176,6 +181,26 @@ class LlamaModel:
         """Whole-sequence causal forward, no cache. tokens: T ids -> logits [T, V]."""
         pos = torch.arange(start_pos, start_pos + len(tokens))
         return self._run(tokens, pos, None)
+
+    @torch.no_grad()
+    def encode_layers(self, tokens, n_layers: int) -> List[Dict[str, torch.Tensor]]:
+        """Causal forward of tokens at positions 0..T-1 through the first n_layers only (no
+        logits). Returns per layer {"q_raw": [T, H, D], "k_raw": [T, G, D]} (before RoPE) and
+        {"k": [T, G, D] (after RoPE), "v": [T, G, D]}."""
+        c, w = self.cfg, self.w
+        if not 0 < n_layers <= c.n_layer:
+            raise ValueError(f"n_layers {n_layers} outside 1..{c.n_layer}")
+        tokens = torch.as_tensor(list(tokens), dtype=torch.long)        # [T]
+        if tokens.numel() == 0:
+            raise ValueError("no tokens")
+        if int(tokens.min()) < 0 or int(tokens.max()) >= c.n_vocab:
+            raise ValueError(f"token id out of range 0..{c.n_vocab - 1}")
+        pos = torch.arange(tokens.numel())
+        x = w["token_embd.weight"][tokens]                              # [T, C]
+        trace: list = []
+        for i in range(n_layers):
+            x = self.block(i, x, pos, None, trace)
+        return trace
 
     def new_cache(self) -> KVCache:
         L = self.cfg.n_layer
