@@ -27,14 +27,7 @@ const Model& test_model() {
   return *model;
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_of;
 
 // A memory of reference `id` with n_tokens tokens: sorted distinct kept positions, normal values.
 ExplicitMemory random_memory(const MemoryShape& s, int64_t id, int n_tokens, uint64_t seed) {

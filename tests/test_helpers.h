@@ -4,7 +4,9 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <functional>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -13,6 +15,7 @@
 #include <string>
 
 #include "m3/config.h"
+#include "m3/error.h"
 #include "m3/model.h"
 
 namespace m3::test {
@@ -70,5 +73,26 @@ inline RunResult run(const std::string& cmd) {
 }
 
 inline std::string m3_binary() { return M3_BINARY; }
+
+// Normalised mean squared error Σ(a−b)²/Σb², b the reference.
+inline double nmse(const float* a, const float* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double d = double(a[i]) - double(b[i]);
+    num += d * d;
+    den += double(b[i]) * double(b[i]);
+  }
+  return num / std::max(den, 1e-300);
+}
+
+// The message of the m3::Error that f throws, or "<no error>".
+inline std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "<no error>";
+}
 
 }  // namespace m3::test

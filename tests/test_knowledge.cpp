@@ -21,14 +21,7 @@ const Tokenizer& tokenizer() {
   return *model->tokenizer();
 }
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_of;
 
 void mkfile(const test::TempDir& dir, const std::string& rel, const std::string& bytes) {
   std::filesystem::create_directories(std::filesystem::path(dir.file(rel)).parent_path());

@@ -31,15 +31,7 @@ namespace {
 
 const std::string kData = M3_TEST_DATA;
 
-double nmse(const float* a, const float* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    const double d = double(a[i]) - double(b[i]);
-    num += d * d;
-    den += double(b[i]) * double(b[i]);
-  }
-  return num / std::max(den, 1e-300);
-}
+using test::nmse;
 
 nlohmann::json read_json(const std::string& path) {
   std::ifstream in(path);

@@ -26,14 +26,7 @@ namespace {
 
 const std::string kData = M3_TEST_DATA;
 
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "<no error>";
-}
+using test::error_of;
 
 std::vector<int64_t> ids_of(const std::vector<SearchHit>& hits) {
   std::vector<int64_t> ids;
