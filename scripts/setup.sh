@@ -9,6 +9,7 @@ PACKAGES=(
   libsentencepiece-dev sentencepiece
   nlohmann-json3-dev libcli11-dev libxxhash-dev
   libfaiss-dev libhnswlib-dev libsqlite3-dev     # memory codecs, dense retrieval, bank catalog
+  libtomlplusplus-dev             # m3 train --config
   libgtest-dev libgmock-dev libbenchmark-dev librapidcheck-dev
   python3-numpy python3-torch python3-sentencepiece   # the PyTorch oracle (run with /usr/bin/python3)
 )

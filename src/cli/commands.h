@@ -15,6 +15,12 @@ void register_generate(CLI::App& app);
 void register_logits(CLI::App& app);
 void register_tokenize(CLI::App& app);
 void register_tokenizer(CLI::App& app);
+void register_memorize(CLI::App& app);  // cmd_memory.cpp
+void register_bank(CLI::App& app);      // cmd_memory.cpp
+void register_search(CLI::App& app);    // cmd_memory.cpp
+void register_data(CLI::App& app);      // cmd_train.cpp
+void register_train(CLI::App& app);     // cmd_train.cpp
+void register_plot(CLI::App& app);      // cmd_plot.cpp
 
 // Threads option shared by compute commands: 0 = all cores.
 int resolve_threads(int requested);

@@ -25,6 +25,12 @@ int main(int argc, char** argv) {
   m3::cli::register_logits(app);
   m3::cli::register_tokenize(app);
   m3::cli::register_tokenizer(app);
+  m3::cli::register_data(app);
+  m3::cli::register_train(app);
+  m3::cli::register_plot(app);
+  m3::cli::register_memorize(app);
+  m3::cli::register_bank(app);
+  m3::cli::register_search(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

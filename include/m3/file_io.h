@@ -1,0 +1,20 @@
+// m3/file_io.h — whole-file reads and crash-safe whole-file writes, shared by everything that
+// persists state (checkpoints, token shards, banks, indexes).
+#pragma once
+
+#include <string>
+
+namespace m3 {
+
+// The whole file. Throws m3::Error "<path>: cannot open (<reason>)" when it cannot be read.
+std::string read_file(const std::string& path);
+
+// Replaces `path` with `bytes` so that a reader (or a process restarted after a crash) sees the
+// old or the new content, never a mix: writes <path>.tmp, fsyncs it, renames it over `path`,
+// fsyncs the directory.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+
+// fsync a file or a directory (its entries: renames and creations inside it).
+void fsync_path(const std::string& path, bool directory);
+
+}  // namespace m3
