@@ -401,6 +401,45 @@ TEST(TrainCli, SigkilledRunResumesToTheSameLosses) {
       << "the exported models differ";
 }
 
+// ---- CLI: tokenizer from .jsonl, data tokenize, train errors ----------------------------------------
+
+TEST(TrainCli, TokenizerTrainsOnJsonlAndDataTokenizeBuildsADataset) {
+  test::TempDir dir;
+  const std::string m3 = test::m3_binary();
+  std::string jsonl;
+  const std::string text = test::read_all(kCorpus);
+  std::istringstream lines(text);
+  std::string line, doc;
+  while (std::getline(lines, line)) {  // whole lines, so no UTF-8 sequence is cut
+    doc += line + "\n";
+    if (doc.size() > 2000) jsonl += nlohmann::json{{"text", doc}}.dump() + "\n", doc.clear();
+  }
+  test::write_all(dir.file("c.jsonl"), jsonl);
+  auto r = test::run(m3 + " tokenizer train " + dir.file("c.jsonl") + " --vocab 512 -o " + dir.file("t.model"));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(Tokenizer::from_file(dir.file("t.model"))->vocab_size(), 512);
+  r = test::run(m3 + " data tokenize " + dir.file("c.jsonl") + " --tokenizer " + dir.file("t.model") + " -o " + dir.file("ds") +
+                " --val-fraction 0.1");
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  const TokenDataset ds(dir.file("ds"));
+  EXPECT_EQ(ds.vocab_size(), 512u);
+  EXPECT_GT(ds.val().size(), 1000u);
+
+  test::write_all(dir.file("bad.jsonl"), "{\"text\": \"a\"}\nnot json\n");
+  r = test::run(m3 + " tokenizer train " + dir.file("bad.jsonl") + " --vocab 300 -o " + dir.file("u.model"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(contains(r.out, "bad.jsonl:2: malformed JSON")) << r.out;
+  // Training errors are one line before any step: a config with an unknown key, a missing dataset.
+  test::write_all(dir.file("x.toml"), "[train]\nsteps = 3\nbatchsize = 2\n");
+  r = test::run(m3 + " train -c " + dir.file("x.toml"));
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_EQ(r.out.rfind("m3: error: ", 0), 0u) << r.out;
+  EXPECT_TRUE(contains(r.out, "x.toml:3: unknown key 'train.batchsize'")) << r.out;
+  r = test::run(m3 + " train --data " + dir.file("none") + " -o " + dir.file("run") + " --steps 3");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_TRUE(contains(r.out, "not a token dataset")) << r.out;
+}
+
 // ---- smoke: a tiny model learns real text ---------------------------------------------------------
 
 TEST(TrainSmoke, ValidationLossFallsWellBelowTheUnigramEntropy) {

@@ -1,6 +1,9 @@
 // m3 generate / logits / tokenize: running a model.
+#include <unistd.h>
+
 #include <chrono>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -213,13 +216,52 @@ void register_tokenizer(CLI::App& app) {
     TokenizerTrainOptions opts;
   };
   auto o = std::make_shared<Opts>();
-  train->add_option("files", o->files, "Plain-text training files (UTF-8)")->required();
+  train->add_option("files", o->files, "Training files: plain text (UTF-8), or .jsonl with a \"text\" field per line")->required();
   train->add_option("-o,--output", o->out, "Tokenizer model file to write")->required();
   train->add_option("--vocab", o->opts.vocab_size, "Vocabulary size")->capture_default_str();
   train->add_option("--threads", o->opts.threads, "Threads (0 = all cores)")->capture_default_str();
   train->add_option("--seed", o->opts.seed, "Seed")->capture_default_str();
   train->callback([o] {
-    const std::string proto = Tokenizer::train(o->files, o->opts);
+    // .jsonl corpora (m3's cleaned sources): their "text" fields, one line per paragraph, in a
+    // temporary file, because SentencePiece reads plain lines.
+    std::vector<std::string> files;
+    std::vector<std::string> temps;
+    struct Cleanup {
+      std::vector<std::string>& paths;
+      ~Cleanup() {
+        for (const auto& p : paths) std::remove(p.c_str());
+      }
+    } cleanup{temps};
+    for (const auto& f : o->files) {
+      if (f.size() < 6 || f.substr(f.size() - 6) != ".jsonl") {
+        files.push_back(f);
+        continue;
+      }
+      std::ifstream in(f);
+      if (!in) throw Error(f + ": cannot open");
+      const std::string tmp = (std::filesystem::temp_directory_path() /
+                               ("m3-tokenizer-" + std::to_string(::getpid()) + "-" + std::to_string(temps.size()) + ".txt")).string();
+      temps.push_back(tmp);
+      std::ofstream out(tmp, std::ios::binary);
+      std::string line;
+      int64_t line_no = 0;
+      while (std::getline(in, line)) {
+        ++line_no;
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        nlohmann::json j;
+        try {
+          j = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+          throw Error(f + ":" + std::to_string(line_no) + ": malformed JSON line (" + std::string(e.what()) + ")");
+        }
+        if (!j.is_object() || !j.contains("text") || !j["text"].is_string())
+          throw Error(f + ":" + std::to_string(line_no) + ": expected an object with a string field \"text\"");
+        out << j["text"].get<std::string>() << "\n";
+      }
+      if (!out) throw Error(tmp + ": cannot write");
+      files.push_back(tmp);
+    }
+    const std::string proto = Tokenizer::train(files, o->opts);
     std::ofstream out(o->out, std::ios::binary);
     if (!out) throw Error(o->out + ": cannot create");
     out.write(proto.data(), static_cast<std::streamsize>(proto.size()));
