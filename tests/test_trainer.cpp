@@ -323,6 +323,7 @@ TEST(Train, StoppedAndResumedRunRepeatsTheUninterruptedLosses) {
   auto m = Model::load(dir.file("a/model.gguf"));
   ASSERT_NE(m->tokenizer(), nullptr);
   EXPECT_EQ(tokenizer_hash(*m->tokenizer()), TokenDataset(ds).tokenizer_hash());
+  EXPECT_EQ(test::read_all(dir.file("a/loss.svg")).rfind("<svg", 0), 0u);
   // Only the newest checkpoints are kept.
   int n = 0;
   for (const auto& e : fs::directory_iterator(dir.file("a/checkpoints"))) n += e.is_directory();

@@ -30,8 +30,15 @@ class KVCache {
   const float* v(int layer, int t) const { return v_.as<float>() + (static_cast<size_t>(layer) * capacity_ + t) * row_; }
   void advance(int n) { n_ += n; }
 
+  // RoPE position of cache row r: r, plus `gap` for rows at or after `from_row`. Memory³ puts the
+  // prefix at rows (= positions) 0..p−1 and the context after a window of reference_length
+  // positions that the memories share, so it sets a gap of reference_length from row p.
+  void set_position_gap(int from_row, int gap) { gap_from_ = from_row; gap_ = gap; }
+  int position(int row) const { return row >= gap_from_ ? row + gap_ : row; }
+
  private:
   int n_ = 0;
+  int gap_from_ = 0, gap_ = 0;
   int capacity_;
   size_t row_;  // G·D
   Buffer k_, v_;
@@ -51,9 +58,19 @@ class LayerObserver {
   virtual void on_hidden(int layer, int64_t T, const float* x) { (void)layer; (void)T; (void)x; }
 };
 
+// Keys and values that every query of one eval call attends to besides the cache, never written
+// into it (Memory³: the current chunk's explicit memories at a memory layer). Layout head-major,
+// because each KV head kept its own tokens: k, v [G][n][D], keys already rotated.
+struct ExtraKV {
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int n = 0;
+};
+
 struct EvalOptions {
   int n_layers = -1;                 // run only the first n_layers (-1: all); no logits unless all run
   LayerObserver* observer = nullptr; // called after each layer's keys and values are cached
+  std::span<const ExtraKV> extra;    // extra[l] for layer l; none for layers >= extra.size()
 };
 
 class Forward {

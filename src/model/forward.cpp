@@ -6,6 +6,7 @@
 //     q = xn·Wqᵀ [T, H·D]   k = xn·Wkᵀ [T, G·D]   v = xn·Wvᵀ [T, G·D]
 //     rope(q), rope(k) at positions p0..p0+T-1; append k, v to the cache
 //     att[t, h] = Σ_s softmax_s(q[t,h]·k[s,g]/√D) v[s,g],  s ≤ p0+t, g = h / (H/G)
+//                 (plus, first in the softmax, the call's extra keys of layer l: Memory³ memories)
 //     x += att·Woᵀ
 //     xn = rmsnorm(x) · ffn_norm
 //     x += (silu(xn·Wgateᵀ) ⊙ xn·Wupᵀ)·Wdownᵀ
@@ -57,8 +58,9 @@ void Forward::eval(std::span<const int32_t> tokens, KVCache& cache, float* logit
 void Forward::eval(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits, const EvalOptions& options) {
   const ModelConfig& c = model_.config();
   const int64_t end = int64_t(cache.size()) + int64_t(tokens.size());
-  if (end > c.context_length)
-    throw Error("sequence of " + std::to_string(end) + " tokens exceeds the model's context length " + std::to_string(c.context_length));
+  if (!tokens.empty() && cache.position(static_cast<int>(end - 1)) >= c.context_length)
+    throw Error("sequence of " + std::to_string(end) + " tokens (last position " + std::to_string(cache.position(static_cast<int>(end - 1))) +
+                ") exceeds the model's context length " + std::to_string(c.context_length));
   if (end > cache.capacity())
     throw Error("sequence of " + std::to_string(end) + " tokens exceeds the KV cache capacity " + std::to_string(cache.capacity()));
   for (size_t i = 0; i < tokens.size(); ++i)
@@ -92,7 +94,9 @@ void Forward::eval_batch(std::span<const int32_t> tokens, KVCache& cache, float*
   float* up = up_.as<float>();
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   const int n_threads = pool_ ? pool_->size() : 1;
-  std::vector<std::vector<float>> scores(n_threads, std::vector<float>(static_cast<size_t>(p0 + T)));
+  int max_extra = 0;
+  for (const ExtraKV& e : options.extra) max_extra = std::max(max_extra, e.n);
+  std::vector<std::vector<float>> scores(n_threads, std::vector<float>(static_cast<size_t>(max_extra + p0 + T)));
 
   for (int64_t t = 0; t < T; ++t) embedding(model_.token_embd, tokens[t], x + t * C);
 
@@ -109,26 +113,39 @@ void Forward::eval_batch(std::span<const int32_t> tokens, KVCache& cache, float*
       std::memcpy(k_raw_.data(), k, T * KV * sizeof(float));
     }
     for (int64_t t = 0; t < T; ++t) {
-      rope(q + t * Q, H, D, p0 + t, c.rope_theta);
-      rope(k + t * KV, G, D, p0 + t, c.rope_theta);
+      const int pos = cache.position(p0 + static_cast<int>(t));
+      rope(q + t * Q, H, D, pos, c.rope_theta);
+      rope(k + t * KV, G, D, pos, c.rope_theta);
       std::memcpy(cache.k(l, p0 + static_cast<int>(t)), k + t * KV, KV * sizeof(float));
       std::memcpy(cache.v(l, p0 + static_cast<int>(t)), v + t * KV, KV * sizeof(float));
     }
     if (options.observer) options.observer->on_layer(l, T, q_raw_.as<float>(), k_raw_.as<float>(), cache, p0);
-    // Causal attention, one (token, head) pair per work item.
+    // Causal attention, one (token, head) pair per work item. The extra keys (memories) come
+    // first in the softmax and are visible to every query of the call.
+    const ExtraKV none;
+    const ExtraKV& ex = l < static_cast<int>(options.extra.size()) ? options.extra[l] : none;
     auto attend = [&](int64_t begin, int64_t end, int thread) {
       float* s = scores[thread].data();
       for (int64_t item = begin; item < end; ++item) {
         const int64_t t = item / H, hd = item % H, g = hd / group;
-        const int64_t n_keys = p0 + t + 1;
+        const int64_t n_keys = p0 + t + 1, ne = ex.n;
         const float* qh = q + t * Q + hd * D;
-        for (int64_t j = 0; j < n_keys; ++j) s[j] = dot_f32(qh, cache.k(l, static_cast<int>(j)) + g * D, D) * scale;
-        softmax(s, n_keys);
+        const float* ek = ex.k + g * ne * D;
+        const float* ev = ex.v + g * ne * D;
+        for (int64_t j = 0; j < ne; ++j) s[j] = dot_f32(qh, ek + j * D, D) * scale;
+        float* sc = s + ne;
+        for (int64_t j = 0; j < n_keys; ++j) sc[j] = dot_f32(qh, cache.k(l, static_cast<int>(j)) + g * D, D) * scale;
+        softmax(s, ne + n_keys);
         float* out = att + t * Q + hd * D;
         std::fill(out, out + D, 0.0f);
+        for (int64_t j = 0; j < ne; ++j) {
+          const float* vj = ev + j * D;
+          const float p = s[j];
+          for (int64_t d = 0; d < D; ++d) out[d] += p * vj[d];
+        }
         for (int64_t j = 0; j < n_keys; ++j) {
           const float* vj = cache.v(l, static_cast<int>(j)) + g * D;
-          const float p = s[j];
+          const float p = sc[j];
           for (int64_t d = 0; d < D; ++d) out[d] += p * vj[d];
         }
       }

@@ -13,6 +13,7 @@
 #include "m3/dtype.h"
 #include "m3/error.h"
 #include "m3/file_io.h"
+#include "m3/loss_plot.h"
 #include "m3/model.h"
 #include "m3/progress.h"
 #include "m3/thread_pool.h"
@@ -316,6 +317,10 @@ TrainResult train(const TrainConfig& config_in, const TrainRunOptions& options) 
       fs::remove(tmp);
     }
     result.model_path = out;
+    PlotOptions plot;
+    plot.title = "stage 1: " + run.filename().string();
+    plot.smooth = static_cast<int>(std::clamp<int64_t>(total_steps / 50, 1, 50));
+    write_file_atomic((run / "loss.svg").string(), render_loss_svg({read_loss_log(log_path)}, plot));
   }
   return result;
 }

@@ -1,0 +1,58 @@
+// A Session's memories from a bank, through a retriever and an LRU cache (m3/bank_memory_source.h).
+#include "m3/bank_memory_source.h"
+
+#include <chrono>
+
+#include "m3/overlap.h"
+
+namespace m3 {
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+}  // namespace
+
+BankMemorySource::BankMemorySource(const MemoryBank& bank, const Retriever& retriever, MemoryCache* cache, BankMemoryOptions options)
+    : bank_(bank), retriever_(retriever), cache_(cache), options_(options) {}
+
+std::vector<ChunkMemory> BankMemorySource::select(int /*chunk*/, const std::string& query) {
+  const auto t0 = Clock::now();
+  // Search deeper than needed when leakage filtering may drop hits.
+  const int depth = options_.max_overlap < 1.0 ? options_.per_chunk * 4 : options_.per_chunk;
+  const std::vector<SearchHit> hits = retriever_.search(query, depth);
+  const double search_s = since(t0);
+  std::vector<ChunkMemory> out;
+  const auto t1 = Clock::now();
+  std::vector<int32_t> query_tokens;
+  for (const SearchHit& h : hits) {
+    if (static_cast<int>(out.size()) >= options_.per_chunk) break;
+    if (h.id < 0 || h.id >= bank_.memory_count()) continue;  // not memorized (yet)
+    if (options_.max_overlap < 1.0 && options_.tokenizer) {
+      // Leakage filter (decisions.md): the reference's tokens against the query's.
+      const ReferenceInfo ref = bank_.reference(h.id);
+      if (ref.deleted) continue;
+      if (query_tokens.empty()) query_tokens = options_.tokenizer->encode(query);
+      if (overlap(query_tokens, ref.tokens) >= options_.max_overlap) continue;
+    }
+    ChunkMemory m;
+    m.reference_id = h.id;
+    if (cache_)
+      m.memory = cache_->get_or_load(h.id, [&](int64_t id) { return bank_.read(id); });
+    else
+      m.memory = std::make_shared<const ExplicitMemory>(bank_.read(h.id));
+    out.push_back(std::move(m));
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  stats_.selections += 1;
+  stats_.memories += out.size();
+  stats_.retrieval_seconds += search_s;
+  stats_.load_seconds += since(t1);
+  return out;
+}
+
+RetrievalStats BankMemorySource::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return stats_;
+}
+
+}  // namespace m3
