@@ -86,7 +86,7 @@ TEST_F(SessionGolden, PrefixIsTheOraclesPrefix) {
 
 TEST_F(SessionGolden, PromptReadChunkByChunkMatchesTheOracle) {
   FixedSource source(golden);
-  Session s(*model, &pool, *prefix, &source);
+  Session s(*model, &pool, prefix.get(), &source);
   const size_t V = static_cast<size_t>(model->config().vocab_size);
   std::vector<float> all(prompt.size() * V), last(V);
   s.prompt(prompt, last.data(), all.data());
@@ -106,7 +106,7 @@ TEST_F(SessionGolden, PromptReadChunkByChunkMatchesTheOracle) {
   EXPECT_EQ(s.chunks()[3].token_end, 200);
 
   // The memories matter: the same prompt without them gives other logits from chunk 0 on.
-  Session plain(*model, &pool, *prefix, nullptr);
+  Session plain(*model, &pool, prefix.get(), nullptr);
   std::vector<float> all_plain(all.size());
   plain.prompt(prompt, last.data(), all_plain.data());
   EXPECT_GT(test::nmse(all_plain.data(), golden.logits.f32.data(), 64 * V), 1e-4);
@@ -114,7 +114,7 @@ TEST_F(SessionGolden, PromptReadChunkByChunkMatchesTheOracle) {
 
 TEST_F(SessionGolden, DecodingAcrossChunkBoundariesSwapsMemoriesAsTheRulesSay) {
   FixedSource source(golden);
-  Session s(*model, &pool, *prefix, &source);
+  Session s(*model, &pool, prefix.get(), &source);
   const size_t V = static_cast<size_t>(model->config().vocab_size);
   std::vector<float> logits(V);
   const int n_prompt = 100;  // ends inside chunk 1
@@ -138,7 +138,7 @@ TEST_F(SessionGolden, DecodingAcrossChunkBoundariesSwapsMemoriesAsTheRulesSay) {
 }
 
 TEST_F(SessionGolden, CapacityAndBadInputAreErrors) {
-  Session s(*model, &pool, *prefix, nullptr);
+  Session s(*model, &pool, prefix.get(), nullptr);
   // 512 positions − prefix − 128-position window.
   EXPECT_EQ(s.capacity(), 512 - prefix->size() - 128);
   std::vector<int32_t> too_long(static_cast<size_t>(s.capacity()) + 1, 5);
@@ -150,7 +150,7 @@ TEST_F(SessionGolden, CapacityAndBadInputAreErrors) {
   EXPECT_NE(bad.find("outside the vocabulary"), std::string::npos) << bad;
   EXPECT_NE(test::error_of([&] { s.prompt({}, logits.data()); }).find("empty prompt"), std::string::npos);
   // Truncating and re-feeding repeats the same logits (the cache really is rolled back).
-  Session a(*model, &pool, *prefix, nullptr);
+  Session a(*model, &pool, prefix.get(), nullptr);
   std::vector<float> l1(logits.size()), l2(logits.size());
   a.prompt(std::span<const int32_t>(prompt.data(), 80), l1.data());
   a.decode(prompt[80], l1.data());

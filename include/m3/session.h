@@ -71,8 +71,10 @@ struct ChunkRecord {
 class Session {
  public:
   // capacity: context tokens the session may hold (0: as many as the model's positions allow).
-  // memories may be null (plain LM). Model, pool, prefix and source must outlive the session.
-  Session(const Model& model, ThreadPool* pool, const PrefixKV& prefix, MemorySource* memories, int capacity = 0);
+  // memories may be null (no memories, same positions). prefix null: a plain language model —
+  // no prefix, no window, context token t at position t (what stage-1 models were trained on);
+  // memories must then be null too. Model, pool, prefix and source must outlive the session.
+  Session(const Model& model, ThreadPool* pool, const PrefixKV* prefix, MemorySource* memories, int capacity = 0);
   ~Session();
 
   // Appends prompt tokens (the first call's first token should be BOS), evaluated chunk by
@@ -84,6 +86,7 @@ class Session {
 
   int n_tokens() const { return static_cast<int>(tokens_.size()); }  // context tokens so far
   int capacity() const { return capacity_; }
+  const Model& model() const { return model_; }
   const std::vector<int32_t>& tokens() const { return tokens_; }
   const std::vector<ChunkRecord>& chunks() const { return records_; }
   // Drops everything after the first n context tokens (n at a chunk boundary keeps that
@@ -97,7 +100,8 @@ class Session {
 
   const Model& model_;
   ThreadPool* pool_;
-  const PrefixKV& prefix_;
+  const PrefixKV* prefix_;
+  int p_ = 0;  // prefix rows in the cache
   MemorySource* source_;
   int capacity_;
   int chunk_length_;

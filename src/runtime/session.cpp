@@ -30,28 +30,32 @@ void PrefixKV::copy_into(KVCache& cache) const {
 }
 
 namespace {
-int default_capacity(const ModelConfig& c, int prefix) {
-  // Positions p + reference_length + t must stay below the context length.
-  return std::max(0, c.context_length - prefix - c.memory.reference_length);
+int default_capacity(const ModelConfig& c, const PrefixKV* prefix) {
+  // Positions (p + reference_length) + t must stay below the context length.
+  if (!prefix) return c.context_length;
+  return std::max(0, c.context_length - prefix->size() - c.memory.reference_length);
 }
 }  // namespace
 
-Session::Session(const Model& model, ThreadPool* pool, const PrefixKV& prefix, MemorySource* memories, int capacity)
+Session::Session(const Model& model, ThreadPool* pool, const PrefixKV* prefix, MemorySource* memories, int capacity)
     : model_(model),
       pool_(pool),
       prefix_(prefix),
+      p_(prefix ? prefix->size() : 0),
       source_(memories),
-      capacity_(capacity > 0 ? std::min(capacity, default_capacity(model.config(), prefix.size()))
-                             : default_capacity(model.config(), prefix.size())),
-      chunk_length_(model.config().memory.chunk_length),
-      forward_(model, pool, std::max(1, model.config().memory.chunk_length)),
-      cache_(model.config(), prefix.size() + std::max(1, capacity_)) {
+      capacity_(capacity > 0 ? std::min(capacity, default_capacity(model.config(), prefix)) : default_capacity(model.config(), prefix)),
+      chunk_length_(model.config().memory.chunk_length > 0 ? model.config().memory.chunk_length : 64),
+      forward_(model, pool, chunk_length_),
+      cache_(model.config(), p_ + std::max(1, capacity_)) {
   if (capacity_ <= 0)
     throw Error("the model's context length " + std::to_string(model.config().context_length) +
                 " leaves no room for a context after the memory prefix and window");
-  if (chunk_length_ <= 0) throw Error("the model's memory chunk_length must be positive");
-  prefix_.copy_into(cache_);
-  cache_.set_position_gap(prefix_.size(), model.config().memory.reference_length);
+  if (memories && !prefix) throw Error("a session with memories needs the memory prefix");
+  if (memories && model.config().memory.memory_layers <= 0) throw Error("the model has no memory layers: it cannot read memories");
+  if (prefix_) {
+    prefix_->copy_into(cache_);
+    cache_.set_position_gap(p_, model.config().memory.reference_length);
+  }
 }
 
 Session::~Session() = default;
@@ -59,7 +63,7 @@ Session::~Session() = default;
 void Session::truncate(int n) {
   if (n < 0 || n > n_tokens()) throw Error("Session::truncate: " + std::to_string(n) + " outside 0.." + std::to_string(n_tokens()));
   tokens_.resize(static_cast<size_t>(n));
-  cache_.truncate(prefix_.size() + n);
+  cache_.truncate(p_ + n);
   // Chunks with no token left lose their choice; a partly kept chunk keeps it.
   const size_t keep_chunks = static_cast<size_t>((n + chunk_length_ - 1) / chunk_length_);
   if (chosen_.size() > keep_chunks) chosen_.resize(keep_chunks);
