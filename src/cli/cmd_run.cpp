@@ -13,7 +13,13 @@
 #include "m3/error.h"
 #include "m3/forward.h"
 #include "m3/npy.h"
+#include "m3/bank.h"
+#include "m3/bank_memory_source.h"
+#include "m3/bank_retriever.h"
+#include "m3/generate.h"
+#include "m3/memory_cache.h"
 #include "m3/sampler.h"
+#include "m3/session.h"
 
 namespace m3::cli {
 
@@ -64,11 +70,13 @@ std::vector<int32_t> tokenize_prompt(const Model& m, const PromptOpts& o) {
 }  // namespace
 
 void register_generate(CLI::App& app) {
-  auto* cmd = app.add_subcommand("generate", "Generate text from a prompt, streaming tokens to stdout");
+  auto* cmd = app.add_subcommand("generate", "Generate text from a prompt, streaming tokens to stdout; with --bank, read explicit memories");
   struct Opts : PromptOpts {
     int n = 64;
     SamplerParams sp;
-    bool greedy = false, stats = false, ignore_eos = false;
+    bool greedy = false, stats = false, ignore_eos = false, show_memories = false;
+    std::string bank, retriever = "bm25";
+    int cache_mb = 256;
   };
   auto o = std::make_shared<Opts>();
   add_prompt_options(cmd, *o);
@@ -83,52 +91,68 @@ void register_generate(CLI::App& app) {
   cmd->add_flag("--greedy", o->greedy, "Greedy decoding (same as --temp 0)");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep generating after the end-of-sequence token");
   cmd->add_flag("--stats", o->stats, "Print prompt and decode speed to stderr");
+  cmd->add_option("--bank", o->bank, "Memory bank (m3 memorize): every 64-token chunk reads the memories it retrieves");
+  cmd->add_option("--retriever", o->retriever, "With --bank: bm25, dense, dense:exact, hybrid")->capture_default_str();
+  cmd->add_option("--cache-mb", o->cache_mb, "With --bank: RAM for decoded memories (0: read every memory from the bank)")->capture_default_str();
+  cmd->add_flag("--memories", o->show_memories, "With --bank: print which references each chunk read (to stderr)");
   cmd->callback([o] {
     if (o->n < 0) throw Error("--n-predict must be >= 0");
+    if (o->cache_mb < 0) throw Error("--cache-mb must be >= 0");
     auto model = Model::load(o->model, o->mmap ? FileLoad::Map : FileLoad::Read);
-    const Tokenizer& tok = need_tokenizer(*model, o->model);
+    need_tokenizer(*model, o->model);
     std::vector<int32_t> ids = tokenize_prompt(*model, *o);
     const int threads = resolve_threads(o->threads);
     ThreadPool pool(threads);
-    const ModelConfig& c = model->config();
-    const int capacity = std::min<int>(c.context_length, static_cast<int>(ids.size()) + o->n);
-    KVCache cache(c, capacity);
-    Forward fwd(*model, &pool);
+    std::unique_ptr<MemoryBank> bank;
+    std::unique_ptr<PrefixKV> prefix;
+    BankRetriever retriever;
+    std::unique_ptr<MemoryCache> cache;
+    std::unique_ptr<BankMemorySource> source;
+    if (!o->bank.empty()) {
+      bank = MemoryBank::open(o->bank, model.get(), false);
+      prefix = std::make_unique<PrefixKV>(*model, &pool);
+      retriever = open_bank_retriever(*bank, model.get(), o->retriever, &pool);
+      cache = std::make_unique<MemoryCache>(MemoryCache::capacity_for_bytes(int64_t(o->cache_mb) << 20, bank->shape()));
+      BankMemoryOptions bo;
+      bo.per_chunk = model->config().memory.memories_per_chunk;
+      source = std::make_unique<BankMemorySource>(*bank, *retriever.retriever, cache.get(), bo);
+    }
+    Session session(*model, &pool, prefix.get(), source.get(), static_cast<int>(ids.size()) + std::max(o->n, 1));
     if (o->greedy) o->sp.temperature = 0;
-    Sampler sampler(o->sp);
-    for (int32_t id : ids) sampler.accept(id);
-    std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-
-    std::string prompt = prompt_text(*o);
+    GenerateOptions go;
+    go.max_tokens = o->n;
+    go.sampler = o->sp;
+    go.ignore_eos = o->ignore_eos;
+    const std::string prompt = prompt_text(*o);
     std::fwrite(prompt.data(), 1, prompt.size(), stdout);
     std::fflush(stdout);
-    auto t0 = std::chrono::steady_clock::now();
-    fwd.eval(ids, cache, logits.data(), false);
-    auto t1 = std::chrono::steady_clock::now();
-    TokenStreamer stream(tok);
-    for (int32_t id : ids) stream.push(id);  // prime with the prompt so the first word keeps its space
-    int generated = 0;
-    for (; generated < o->n && cache.size() < capacity; ++generated) {
-      const int32_t next = sampler.sample(logits.data(), c.vocab_size);
-      if (next == tok.eos_id() && !o->ignore_eos) break;
-      sampler.accept(next);
-      const std::string text = stream.push(next);
-      std::fwrite(text.data(), 1, text.size(), stdout);
+    const GenerateResult r = generate(session, ids, go, [](const std::string& piece) {
+      std::fwrite(piece.data(), 1, piece.size(), stdout);
       std::fflush(stdout);
-      if (cache.size() >= capacity) { ++generated; break; }
-      fwd.eval(std::span<const int32_t>(&next, 1), cache, logits.data(), false);
-    }
-    const std::string rest = stream.flush();
-    std::fwrite(rest.data(), 1, rest.size(), stdout);
+      return true;
+    });
     std::printf("\n");
-    auto t2 = std::chrono::steady_clock::now();
     if (o->stats) {
-      const double pp = std::chrono::duration<double>(t1 - t0).count(), tg = std::chrono::duration<double>(t2 - t1).count();
+      const int gen = static_cast<int>(r.tokens.size());
       std::fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s (%.2f tok/s); %d threads\n",
-                   ids.size(), pp, ids.size() / pp, generated, tg, generated / std::max(tg, 1e-9), threads);
+                   ids.size(), r.prompt_seconds, ids.size() / std::max(r.prompt_seconds, 1e-9), gen, r.decode_seconds,
+                   gen / std::max(r.decode_seconds, 1e-9), threads);
     }
-    if (cache.size() >= c.context_length && generated < o->n)
-      std::fprintf(stderr, "m3: stopped at the model's context length %d\n", c.context_length);
+    if (r.finish_reason == "length" && static_cast<int>(r.tokens.size()) < o->n)
+      std::fprintf(stderr, "m3: stopped: the context is full (%d tokens)\n", session.capacity());
+    if (o->show_memories && bank) {
+      for (const ChunkRecord& ch : session.chunks()) {
+        std::fprintf(stderr, "chunk %d (tokens %d..%d) read %zu memories:\n", ch.chunk, ch.token_begin, ch.token_end - 1,
+                     ch.reference_ids.size());
+        for (int64_t id : ch.reference_ids) {
+          const ReferenceInfo ref = bank->reference(id);
+          std::string line = ref.text.substr(0, 100);
+          for (char& c : line) if (c == '\n') c = ' ';
+          std::fprintf(stderr, "  #%lld  %s  %s%s\n", static_cast<long long>(id), ref.doc_id.c_str(), line.c_str(),
+                       ref.text.size() > 100 ? "..." : "");
+        }
+      }
+    }
   });
 }
 
