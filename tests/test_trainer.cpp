@@ -400,6 +400,10 @@ TEST(TrainCli, SigkilledRunResumesToTheSameLosses) {
   EXPECT_EQ(log_rows(dir.file("full/log.csv")), log_rows(dir.file("killed/log.csv")));
   EXPECT_TRUE(test::read_all(dir.file("full/model.gguf")) == test::read_all(dir.file("killed/model.gguf")))
       << "the exported models differ";
+  // The exported model is a model `m3 generate` runs.
+  const auto gen = test::run(m3 + " generate -m " + dir.file("full/model.gguf") + " -p 'Call me Ishmael.' -n 8 --seed 1");
+  EXPECT_EQ(gen.exit_code, 0) << gen.out;
+  EXPECT_EQ(gen.out.rfind("Call me Ishmael.", 0), 0u) << gen.out;
 }
 
 // ---- CLI: tokenizer from .jsonl, data tokenize, train errors ----------------------------------------
