@@ -221,7 +221,9 @@ TEST(MemoryWriter, StoredKeysAndValuesAreThePlainForwardsCache) {
     std::vector<int32_t> all(writer.prefix());
     all.insert(all.end(), refs[r].begin(), refs[r].end());
     KVCache cache(model->config(), static_cast<int>(all.size()));
-    fwd.eval(all, cache, nullptr, false, EvalOptions{s.layers, nullptr});
+    EvalOptions options;
+    options.n_layers = s.layers;
+    fwd.eval(all, cache, nullptr, false, options);
     std::vector<float> want_k(m.keys.size(), 0.0f), want_v(m.values.size(), 0.0f);
     for (int l = 0; l < s.layers; ++l)
       for (int g = 0; g < s.kv_heads; ++g)
