@@ -186,7 +186,9 @@ MemoryWriter::MemoryWriter(const Model& model, ThreadPool* pool)
       selector_(std::make_unique<Selector>(model.config(), pool)) {
   // The prefix's keys and values are the same for every reference: compute them once. Later
   // writes only truncate the cache back to p, so these rows are never recomputed.
-  forward_.eval(prefix_, cache_, nullptr, false, EvalOptions{shape_.layers, nullptr});
+  EvalOptions options;
+  options.n_layers = shape_.layers;
+  forward_.eval(prefix_, cache_, nullptr, false, options);
 }
 
 MemoryWriter::~MemoryWriter() = default;
@@ -199,7 +201,10 @@ ExplicitMemory MemoryWriter::write(std::span<const int32_t> reference_tokens, in
   m.resize(shape_);
   cache_.truncate(static_cast<int>(prefix_.size()));
   selector_->start(&m, reference_tokens);
-  forward_.eval(reference_tokens, cache_, nullptr, false, EvalOptions{shape_.layers, selector_.get()});
+  EvalOptions options;
+  options.n_layers = shape_.layers;
+  options.observer = selector_.get();
+  forward_.eval(reference_tokens, cache_, nullptr, false, options);
   selector_->start(nullptr, {});
   return m;
 }
