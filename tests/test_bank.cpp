@@ -403,6 +403,7 @@ TEST(Bank, InfoNumbers) {
   BankInfo i = bank->info();
   EXPECT_EQ(i.raw_bf16_bytes, 450560);
   EXPECT_EQ(i.record_bytes, 24 + 1408 * 2 + 450560 + 8);
+  EXPECT_EQ(i.code_bytes, 450560);  // the paper's bf16 figure for the 2.4B shape (spec §2.4)
   EXPECT_EQ(i.full_kv_bytes, 72089600);  // 44·2·40·128·80·2 (spec §2.5)
   EXPECT_NEAR(i.compression_vs_full_kv, 72089600.0 / (24 + 1408 * 2 + 450560 + 8), 1e-9);
   EXPECT_EQ(i.model_name, "memory3-2.4b");

@@ -204,6 +204,7 @@ TEST(CliMemorize, RecordsEqualTheLibrarysAndInfoAgrees) {
   EXPECT_EQ(j.value("references", -1), n);
   EXPECT_EQ(j.value("memories", -1), n);
   EXPECT_EQ(j.value("record_bytes", -1), i.record_bytes);
+  EXPECT_EQ(j.value("code_bytes", -1), i.shape.slots() * i.shape.head_dim * 2 * 2);  // bf16 keys + values
   EXPECT_EQ(j.value("raw_bf16_bytes", -1), i.raw_bf16_bytes);
   EXPECT_EQ(j.value("full_kv_bytes", -1), i.full_kv_bytes);
   EXPECT_DOUBLE_EQ(j.value("compression_vs_bf16", 0.0), i.compression_vs_bf16);

@@ -69,6 +69,7 @@ struct BankInfo {
   int64_t references = 0, deleted_references = 0;
   int64_t memories = 0;                     // complete records in records.bin
   int64_t record_bytes = 0;                 // bytes per memory on disk, header and checksum included
+  int64_t code_bytes = 0;                   // key and value codes per memory (the paper's storage measure)
   int64_t raw_bf16_bytes = 0;               // Lm·G·K·D·2 (K and V)·2 bytes (spec §2.1)
   int64_t full_kv_bytes = 0;                // L·2·H·reference_length·D·2 bytes (spec §2.5)
   double compression_vs_bf16 = 0;          // raw_bf16_bytes / record_bytes

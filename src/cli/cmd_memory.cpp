@@ -208,7 +208,7 @@ json info_json(const BankInfo& i) {
           {"references", i.references},
           {"deleted_references", i.deleted_references},
           {"memories", i.memories},
-          {"record_bytes", i.record_bytes},
+          {"record_bytes", i.record_bytes}, {"code_bytes", i.code_bytes},
           {"raw_bf16_bytes", i.raw_bf16_bytes},
           {"full_kv_bytes", i.full_kv_bytes},
           {"compression_vs_bf16", i.compression_vs_bf16},
@@ -483,6 +483,7 @@ void bank_info(const std::string& dir_arg, bool as_json) {
   std::printf("references     %lld (%lld deleted)\n", static_cast<long long>(i.references), static_cast<long long>(i.deleted_references));
   std::printf("memories       %lld\n", static_cast<long long>(i.memories));
   std::printf("bytes/memory   %lld on disk (header, positions and checksum included)\n", static_cast<long long>(i.record_bytes));
+  std::printf("kv codes       %lld per memory (keys and values only: the paper's measure)\n", static_cast<long long>(i.code_bytes));
   std::printf("raw bf16       %lld per memory; compression %.2fx vs bf16, %.1fx vs the full KV cache (%lld)\n",
               static_cast<long long>(i.raw_bf16_bytes), i.compression_vs_bf16, i.compression_vs_full_kv,
               static_cast<long long>(i.full_kv_bytes));

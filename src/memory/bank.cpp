@@ -955,6 +955,7 @@ BankInfo MemoryBank::info() const {
   }
   i.memories = memories_;
   i.record_bytes = record_size_;
+  i.code_bytes = shape_.slots() * int64_t(key_codec_->code_size() + value_codec_->code_size());
   i.raw_bf16_bytes = memory_bytes_bf16(shape_);
   const ModelConfig& c = model_.config;
   i.full_kv_bytes = int64_t(c.n_layers) * 2 * c.n_heads * c.memory.reference_length * c.head_dim * 2;
