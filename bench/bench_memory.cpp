@@ -69,8 +69,12 @@ std::string default_model(const std::string& cache_dir, const std::string& src) 
 std::string ensure_bank(const Model& model, ThreadPool& pool, const std::string& cache_dir, const std::string& src, int n) {
   const std::string dir = cache_dir + "/bank-" + model.fingerprint().substr(0, 12);
   if (MemoryBank::exists(dir)) {
-    auto b = MemoryBank::open(dir, &model, false);
-    if (b->memory_count() == b->reference_count() && b->memory_count() >= n) return dir;
+    try {
+      auto b = MemoryBank::open(dir, &model, false);
+      if (b->memory_count() == b->reference_count() && b->memory_count() >= n) return dir;
+    } catch (const Error& e) {
+      std::fprintf(stderr, "rebuilding the bench bank (%s)\n", e.what());
+    }
     fs::remove_all(dir);
   }
   Document doc;

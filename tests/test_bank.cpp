@@ -216,10 +216,10 @@ TEST(Bank, CreateOpenAndManifestErrors) {
   const std::string manifest = test::read_all(dir + "/manifest.json");
   test::write_all(dir + "/manifest.json", manifest.substr(0, manifest.size() / 2));
   EXPECT_NE(error_of([&] { MemoryBank::open(dir, nullptr, false); }).find("manifest.json is truncated"), std::string::npos);
-  std::string v2 = manifest;
-  v2.replace(v2.find("\"format_version\": 1"), 19, "\"format_version\": 2");
-  test::write_all(dir + "/manifest.json", v2);
-  EXPECT_NE(error_of([&] { MemoryBank::open(dir, nullptr, false); }).find("format_version 2"), std::string::npos);
+  std::string v1 = manifest;  // format 1 stored positions as int16: refused, not misread
+  v1.replace(v1.find("\"format_version\": 2"), 19, "\"format_version\": 1");
+  test::write_all(dir + "/manifest.json", v1);
+  EXPECT_NE(error_of([&] { MemoryBank::open(dir, nullptr, false); }).find("format_version 1, this m3 reads version 2"), std::string::npos);
   fs::remove(dir + "/manifest.json");
   EXPECT_NE(error_of([&] { MemoryBank::open(dir, nullptr, false); }).find("no manifest.json"), std::string::npos);
   EXPECT_NE(error_of([&] { MemoryBank::open(tmp.file("nope"), nullptr, false); }).find("no such directory"),
@@ -402,13 +402,13 @@ TEST(Bank, InfoNumbers) {
   auto bank = MemoryBank::create(tmp.file("paper"), paper, "bf16", "bf16");
   BankInfo i = bank->info();
   EXPECT_EQ(i.raw_bf16_bytes, 450560);
-  EXPECT_EQ(i.record_bytes, 24 + 1408 * 2 + 450560 + 8);
+  EXPECT_EQ(i.record_bytes, 24 + 1408 + 450560 + 8);
   EXPECT_EQ(i.code_bytes, 450560);  // the paper's bf16 figure for the 2.4B shape (spec §2.4)
   EXPECT_EQ(i.full_kv_bytes, 72089600);  // 44·2·40·128·80·2 (spec §2.5)
-  EXPECT_NEAR(i.compression_vs_full_kv, 72089600.0 / (24 + 1408 * 2 + 450560 + 8), 1e-9);
+  EXPECT_NEAR(i.compression_vs_full_kv, 72089600.0 / (24 + 1408 + 450560 + 8), 1e-9);
   EXPECT_EQ(i.model_name, "memory3-2.4b");
   EXPECT_EQ(i.memories, 0);
-  EXPECT_EQ(MemoryBank::record_bytes(s, 84, 84), 24 + 1408 * (2 + 168) + 8);  // int8 at D = 80
+  EXPECT_EQ(MemoryBank::record_bytes(s, 84, 84), 24 + 1408 * (1 + 168) + 8);  // int8 at D = 80
   bank.reset();
   auto reopened = MemoryBank::open(tmp.file("paper"), nullptr, false);
   EXPECT_EQ(reopened->info().record_bytes, i.record_bytes);
@@ -420,7 +420,7 @@ TEST(Bank, InfoNumbers) {
   auto small = make_bank(tmp.file("small"), make_corpus(1, 2), 2);
   i = small->info();
   EXPECT_EQ(i.raw_bf16_bytes, 1 * 2 * 8 * 16 * 2 * 2);
-  EXPECT_EQ(i.record_bytes, 24 + 16 * 2 + 16 * 32 * 2 + 8);
+  EXPECT_EQ(i.record_bytes, 24 + 16 + 16 * 32 * 2 + 8);
   EXPECT_EQ(i.records_file_bytes, 2 * i.record_bytes);
   EXPECT_EQ(i.references, 2);
   EXPECT_EQ(i.documents, 1);

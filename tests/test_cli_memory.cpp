@@ -474,7 +474,7 @@ TEST(CliBank, CorruptedAndTruncatedFilesAreNamed) {
   expect_error("bank verify " + q(bank), "manifest.json is truncated or not JSON");
   expect_error("search " + q(bank) + " whale", "manifest.json is truncated or not JSON");
   expect_error("memorize -m " + q(kModel) + " --kb " + q(kb) + " -o " + q(bank), "manifest.json is truncated or not JSON");
-  test::write_all(bank + "/manifest.json", "{\"format_version\": 1}");
+  test::write_all(bank + "/manifest.json", "{\"format_version\": 2}");
   expect_error("bank info " + q(bank), "manifest.json is missing a field");
   test::write_all(bank + "/manifest.json", manifest);
   EXPECT_EQ(run(kM3 + " bank verify " + q(bank)).exit_code, 0);

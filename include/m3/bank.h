@@ -1,7 +1,7 @@
 // m3/bank.h — a memory bank: the explicit memories of a knowledge base, on disk
 // (decisions.md "Files"). A bank is a directory:
 //
-//   manifest.json     format_version (1), the writing model (fingerprint, name, architecture,
+//   manifest.json     format_version (2), the writing model (fingerprint, name, architecture,
 //                     shape), the memory shape (Lm, G, K, D), prefix text, key and value codec
 //                     specs, record_size, created time. Replaced atomically (tmp, fsync, rename).
 //   key_codec.bin     trained codec parameters (only for codecs that need training), replaced
@@ -12,7 +12,7 @@
 //
 // Record layout (little-endian), S = Lm·G·K slots:
 //   u32 magic 'M3MR' | u32 flags (0) | i64 reference_id | u16 n_tokens | 6 bytes zero
-//   positions [S] int16 | key codes [S × key code_size] | value codes [S × value code_size]
+//   positions [S] uint8 (255: unused slot) | key codes [S × key code_size] | value codes [S × value code_size]
 //   u64 XXH3-64 of every byte of the record before it.
 //
 // Catalog schema (the BM25 retriever queries refs_fts with MATCH and bm25()):

@@ -38,7 +38,8 @@ namespace fs = std::filesystem;
 using json = nlohmann::json;
 
 constexpr uint32_t kRecordMagic = 0x524D334D;  // bytes "M3MR" in file order
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = 2;
+constexpr uint8_t kUnusedPosition = 255;  // a record's position byte for an unused slot  // 2: positions as uint8 (1 held int16)
 constexpr int64_t kHeaderBytes = 24;  // magic, flags, reference_id, n_tokens, 6 bytes padding
 constexpr int64_t kChecksumBytes = 8;
 constexpr const char* kManifest = "manifest.json";
@@ -283,7 +284,7 @@ bool MemoryBank::exists(const std::string& dir) { return fs::exists(clean_dir(di
 BankModel BankModel::of(const Model& model) { return {model.fingerprint(), model.config()}; }
 
 int64_t MemoryBank::record_bytes(const MemoryShape& s, size_t key_code_size, size_t value_code_size) {
-  return kHeaderBytes + s.slots() * int64_t(2 + key_code_size + value_code_size) + kChecksumBytes;
+  return kHeaderBytes + s.slots() * int64_t(1 + key_code_size + value_code_size) + kChecksumBytes;
 }
 
 MemoryBank::~MemoryBank() { close_files(); }
@@ -344,9 +345,9 @@ std::unique_ptr<MemoryBank> MemoryBank::create(const std::string& dir_arg, const
   b->model_.config.validate();
   b->shape_ = MemoryShape::of(model.config);
   if (b->shape_.slots() <= 0) throw Error("bank " + dir + ": model " + model.config.name + " has no memory layers");
-  if (model.config.memory.reference_length > 32767)  // positions are stored as int16
+  if (model.config.memory.reference_length > 255)  // positions are stored as uint8, 255 = unused
     throw Error("bank " + dir + ": reference_length " + std::to_string(model.config.memory.reference_length) +
-                " is above the record format's limit of 32767");
+                " is above the record format's limit of 255");
   b->prefix_text_ = model.config.memory.prefix_text;
   b->created_ = utc_now();
   b->key_codec_ = make_codec(key_codec, b->shape_.head_dim);
@@ -674,8 +675,8 @@ void MemoryBank::append(const ExplicitMemory& m) {
   std::memcpy(rec.data() + 8, &m.reference_id, 8);
   std::memcpy(rec.data() + 16, &n_tokens, 2);
   uint8_t* p = rec.data() + kHeaderBytes;
-  std::memcpy(p, m.positions.data(), size_t(S) * 2);
-  p += S * 2;
+  for (int64_t s = 0; s < S; ++s) p[s] = m.positions[size_t(s)] < 0 ? kUnusedPosition : uint8_t(m.positions[size_t(s)]);
+  p += S;
   key_codec_->encode(m.keys.data(), S, p);
   p += S * int64_t(key_codec_->code_size());
   value_codec_->encode(m.values.data(), S, p);
@@ -707,8 +708,8 @@ ExplicitMemory MemoryBank::read(int64_t id) const {
   m.n_tokens = n_tokens;
   m.resize(shape_);
   const uint8_t* p = rec.data() + kHeaderBytes;
-  std::memcpy(m.positions.data(), p, size_t(S) * 2);
-  p += S * 2;
+  for (int64_t s = 0; s < S; ++s) m.positions[size_t(s)] = p[s] == kUnusedPosition ? int16_t(-1) : int16_t(p[s]);
+  p += S;
   key_codec_->decode(p, S, m.keys.data());
   p += S * int64_t(key_codec_->code_size());
   value_codec_->decode(p, S, m.values.data());
@@ -910,9 +911,11 @@ VerifyReport MemoryBank::verify() const {
     const int used = n_tokens < K ? n_tokens : K;
     for (int64_t s0 = 0; s0 < S; s0 += K)
       for (int k = 0; k < K; ++k) {
-        int16_t p, prev = -1;
-        std::memcpy(&p, rec.data() + kHeaderBytes + (s0 + k) * 2, 2);
-        if (k > 0) std::memcpy(&prev, rec.data() + kHeaderBytes + (s0 + k - 1) * 2, 2);
+        auto position = [&](int64_t slot) {
+          const uint8_t b = rec[size_t(kHeaderBytes + slot)];
+          return b == kUnusedPosition ? -1 : int(b);
+        };
+        const int p = position(s0 + k), prev = k > 0 ? position(s0 + k - 1) : -1;
         const bool good = k < used ? (p >= 0 && p < n_tokens && (k == 0 || p > prev)) : p == -1;
         if (!good) {
           r.problems.push_back("record " + std::to_string(id) + " has a bad position in slot " + std::to_string(s0 + k));
