@@ -69,6 +69,16 @@ std::vector<int32_t> tokenize_prompt(const Model& m, const PromptOpts& o) {
 
 }  // namespace
 
+void add_sampler_options(CLI::App* cmd, SamplerParams& sp) {
+  cmd->add_option("--seed", sp.seed, "Sampling seed")->capture_default_str();
+  cmd->add_option("--temp", sp.temperature, "Temperature (<= 0: greedy)")->capture_default_str();
+  cmd->add_option("--top-k", sp.top_k, "Keep the k most likely tokens (<= 0: off)")->capture_default_str();
+  cmd->add_option("--top-p", sp.top_p, "Nucleus sampling mass (>= 1: off)")->capture_default_str();
+  cmd->add_option("--min-p", sp.min_p, "Drop tokens below min-p × the top probability (<= 0: off)")->capture_default_str();
+  cmd->add_option("--repeat-penalty", sp.repeat_penalty, "Penalty for recently seen tokens (1: off)")->capture_default_str();
+  cmd->add_option("--repeat-last-n", sp.repeat_last_n, "How many recent tokens the penalty sees")->capture_default_str();
+}
+
 void register_generate(CLI::App& app) {
   auto* cmd = app.add_subcommand("generate", "Generate text from a prompt, streaming tokens to stdout; with --bank, read explicit memories");
   struct Opts : PromptOpts {
@@ -81,13 +91,7 @@ void register_generate(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   add_prompt_options(cmd, *o);
   cmd->add_option("-n,--n-predict", o->n, "Tokens to generate")->capture_default_str();
-  cmd->add_option("--seed", o->sp.seed, "Sampling seed")->capture_default_str();
-  cmd->add_option("--temp", o->sp.temperature, "Temperature (<= 0: greedy)")->capture_default_str();
-  cmd->add_option("--top-k", o->sp.top_k, "Keep the k most likely tokens (<= 0: off)")->capture_default_str();
-  cmd->add_option("--top-p", o->sp.top_p, "Nucleus sampling mass (>= 1: off)")->capture_default_str();
-  cmd->add_option("--min-p", o->sp.min_p, "Drop tokens below min-p × the top probability (<= 0: off)")->capture_default_str();
-  cmd->add_option("--repeat-penalty", o->sp.repeat_penalty, "Penalty for recently seen tokens (1: off)")->capture_default_str();
-  cmd->add_option("--repeat-last-n", o->sp.repeat_last_n, "How many recent tokens the penalty sees")->capture_default_str();
+  add_sampler_options(cmd, o->sp);
   cmd->add_flag("--greedy", o->greedy, "Greedy decoding (same as --temp 0)");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep generating after the end-of-sequence token");
   cmd->add_flag("--stats", o->stats, "Print prompt and decode speed to stderr");

@@ -4,6 +4,8 @@
 #include <CLI/CLI.hpp>
 #include <functional>
 
+#include "m3/sampler.h"
+
 namespace m3::cli {
 
 // Every register_* adds one subcommand and sets its callback; the callback throws m3::Error on
@@ -21,6 +23,11 @@ void register_search(CLI::App& app);    // cmd_memory.cpp
 void register_data(CLI::App& app);      // cmd_train.cpp
 void register_train(CLI::App& app);     // cmd_train.cpp
 void register_plot(CLI::App& app);      // cmd_plot.cpp
+void register_serve(CLI::App& app);     // cmd_serve.cpp
+void register_chat(CLI::App& app);      // cmd_chat.cpp
+
+// --seed --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n (generate, chat).
+void add_sampler_options(CLI::App* cmd, SamplerParams& sp);
 
 // Threads option shared by compute commands: 0 = all cores.
 int resolve_threads(int requested);

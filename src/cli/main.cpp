@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
   m3::cli::register_memorize(app);
   m3::cli::register_bank(app);
   m3::cli::register_search(app);
+  m3::cli::register_serve(app);
+  m3::cli::register_chat(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
