@@ -6,7 +6,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "m3/bank.h"
+#include "m3/bank_memory_source.h"
 #include "m3/error.h"
+#include "m3/knowledge.h"
+#include "m3/memory_writer.h"
 #include "m3/npy.h"
 #include "m3/session.h"
 #include "test_helpers.h"
@@ -157,6 +161,65 @@ TEST_F(SessionGolden, CapacityAndBadInputAreErrors) {
   a.truncate(80);
   a.decode(prompt[80], l2.data());
   EXPECT_EQ(l1, l2);
+}
+
+}  // namespace
+}  // namespace m3
+
+// ---- BankMemorySource ---------------------------------------------------------------------------
+
+namespace m3 {
+namespace {
+
+// Returns fixed ids, whatever the query (a stale index would).
+class FixedRetriever : public Retriever {
+ public:
+  explicit FixedRetriever(std::vector<int64_t> ids) : ids_(std::move(ids)) {}
+  std::string spec() const override { return "fixed"; }
+  std::vector<SearchHit> search(const std::string&, int k) const override {
+    std::vector<SearchHit> out;
+    for (int64_t id : ids_)
+      if (static_cast<int>(out.size()) < k) out.push_back({id, 1.0f});
+    return out;
+  }
+  void add(int64_t, const std::string&) override {}
+  void remove(int64_t) override {}
+  void save() const override {}
+
+ private:
+  std::vector<int64_t> ids_;
+};
+
+TEST(BankMemorySource, ReadsTheBanksMemoriesAndNeverADeletedOne) {
+  test::TempDir dir;
+  auto model = Model::load(kData + "/test-rt.gguf");
+  ThreadPool pool(2);
+  std::vector<Document> docs(3);
+  std::vector<std::vector<ReferenceText>> refs;
+  for (int d = 0; d < 3; ++d) {
+    docs[d].id = "doc" + std::to_string(d);
+    docs[d].text = "Document " + std::to_string(d) + " is about whales, ships and the sea, part " + std::to_string(d) + ".";
+    refs.push_back(split_into_references(docs[d], *model->tokenizer()));
+  }
+  auto bank = MemoryBank::create(dir.file("bank"), *model, "bf16", "bf16");
+  bank->add_references(docs, refs);
+  MemoryWriter writer(*model, &pool);
+  for (int64_t id = 0; id < bank->reference_count(); ++id) bank->append(writer.write(bank->reference(id).tokens, id));
+  ASSERT_EQ(bank->memory_count(), 3);
+  bank->delete_document("doc1");
+
+  FixedRetriever retriever({1, 2, 0, 99});  // 1 is deleted, 99 does not exist
+  MemoryCache cache(8);
+  BankMemorySource source(*bank, retriever, &cache, {});
+  const std::vector<ChunkMemory> got = source.select(0, "whales");
+  ASSERT_EQ(got.size(), 2u);
+  EXPECT_EQ(got[0].reference_id, 2);
+  EXPECT_EQ(got[1].reference_id, 0);
+  const ExplicitMemory direct = bank->read(2);
+  EXPECT_EQ(got[0].memory->keys, direct.keys);
+  source.select(1, "whales");
+  EXPECT_EQ(cache.stats().hits, 2u);  // the second chunk's memories came from the cache
+  EXPECT_EQ(source.stats().selections, 2u);
 }
 
 }  // namespace

@@ -27,10 +27,12 @@ std::vector<ChunkMemory> BankMemorySource::select(int /*chunk*/, const std::stri
   for (const SearchHit& h : hits) {
     if (static_cast<int>(out.size()) >= options_.per_chunk) break;
     if (h.id < 0 || h.id >= bank_.memory_count()) continue;  // not memorized (yet)
+    // A deleted reference is never read, even if a retriever's index is stale (e.g. a dense
+    // index saved before a crash that interrupted a delete).
+    const ReferenceInfo ref = bank_.reference(h.id);
+    if (ref.deleted) continue;
     if (options_.max_overlap < 1.0 && options_.tokenizer) {
       // Leakage filter (decisions.md): the reference's tokens against the query's.
-      const ReferenceInfo ref = bank_.reference(h.id);
-      if (ref.deleted) continue;
       if (query_tokens.empty()) query_tokens = options_.tokenizer->encode(query);
       if (overlap(query_tokens, ref.tokens) >= options_.max_overlap) continue;
     }
