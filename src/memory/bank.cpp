@@ -26,6 +26,7 @@
 #include <nlohmann/json.hpp>
 
 #include "m3/error.h"
+#include "m3/file_io.h"
 #include "m3/model.h"
 
 namespace m3 {
@@ -51,14 +52,6 @@ constexpr const char* kLock = "LOCK";
 
 std::string sys_error(const std::string& what, const std::string& path) {
   return what + " " + path + ": " + std::strerror(errno);
-}
-
-void fsync_path(const std::string& path, bool directory) {
-  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
-  if (fd < 0) throw Error(sys_error("cannot open", path));
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw Error(sys_error("cannot fsync", path));
 }
 
 void write_all_fd(int fd, const void* data, size_t n, const std::string& path) {
@@ -99,23 +92,6 @@ bool pread_all(int fd, void* data, size_t n, int64_t off) {
     n -= size_t(r);
   }
   return true;
-}
-
-// Replaces `path` with `bytes` so that a reader sees the old or the new content, never a mix.
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error(sys_error("cannot create", tmp));
-  try {
-    write_all_fd(fd, bytes.data(), bytes.size(), tmp);
-    if (::fsync(fd) != 0) throw Error(sys_error("cannot fsync", tmp));
-  } catch (...) {
-    ::close(fd);
-    throw;
-  }
-  ::close(fd);
-  if (::rename(tmp.c_str(), path.c_str()) != 0) throw Error(sys_error("cannot rename " + tmp + " to", path));
-  fsync_path(fs::path(path).parent_path().string(), true);
 }
 
 std::string read_whole(const std::string& path) {
