@@ -666,6 +666,17 @@ TEST(CliGenerate, BankReadsRetrievedMemoriesAndReportsThem) {
   EXPECT_NE(r.out.find("chunk 0 (tokens 0.."), std::string::npos) << r.out;
   EXPECT_NE(r.out.find("chunk 1 (tokens 64.."), std::string::npos) << "decoding crossed into chunk 1:\n" << r.out;
   EXPECT_NE(r.out.find("  #" + std::to_string(rare_id) + "  "), std::string::npos) << r.out;
+  // --rag: the same reference goes into the prompt as text instead (the prompt grows by it).
+  const auto rag = run(kM3 + " generate -m " + q(kModel) + " --bank " + q(bank) + " --rag --rag-references 1 -p " + q(prompt) +
+                       " -n 5 --greedy --memories -t 1");
+  ASSERT_EQ(rag.exit_code, 0) << rag.out;
+  EXPECT_NE(rag.out.find("  #" + std::to_string(rare_id) + "  "), std::string::npos) << rag.out;
+  const size_t at = rag.out.find("rag: the prompt carried 1 references (");
+  ASSERT_NE(at, std::string::npos) << rag.out;
+  const int rag_tokens = std::atoi(rag.out.c_str() + at + std::strlen("rag: the prompt carried 1 references ("));
+  const int bare_tokens = int(test_model().tokenizer()->encode(prompt, true).size());
+  EXPECT_GT(rag_tokens, bare_tokens + 20) << "the reference's text went into the prompt:\n" << rag.out;
+  EXPECT_EQ(run(kM3 + " generate -m " + q(kModel) + " --rag -p hi -n 2").exit_code, 1);
   // Without the bank the same command runs as a plain LM and reports nothing.
   const auto plain = run(kM3 + " generate -m " + q(kModel) + " -p " + q(prompt) + " -n 10 --greedy -t 1");
   EXPECT_EQ(plain.exit_code, 0) << plain.out;

@@ -84,9 +84,9 @@ void register_generate(CLI::App& app) {
   struct Opts : PromptOpts {
     int n = 64;
     SamplerParams sp;
-    bool greedy = false, stats = false, ignore_eos = false, show_memories = false;
+    bool greedy = false, stats = false, ignore_eos = false, show_memories = false, rag = false;
     std::string bank, retriever = "bm25";
-    int cache_mb = 256;
+    int cache_mb = 256, rag_references = 0;
   };
   auto o = std::make_shared<Opts>();
   add_prompt_options(cmd, *o);
@@ -99,6 +99,8 @@ void register_generate(CLI::App& app) {
   cmd->add_option("--retriever", o->retriever, "With --bank: bm25, dense, dense:exact, hybrid")->capture_default_str();
   cmd->add_option("--cache-mb", o->cache_mb, "With --bank: RAM for decoded memories (0: read every memory from the bank)")->capture_default_str();
   cmd->add_flag("--memories", o->show_memories, "With --bank: print which references each chunk read (to stderr)");
+  cmd->add_flag("--rag", o->rag, "With --bank: the RAG baseline — the retrieved references' text goes in front of the prompt, no memories");
+  cmd->add_option("--rag-references", o->rag_references, "With --rag: how many references (0: the model's memories per chunk)");
   cmd->callback([o] {
     if (o->n < 0) throw Error("--n-predict must be >= 0");
     if (o->cache_mb < 0) throw Error("--cache-mb must be >= 0");
@@ -112,7 +114,25 @@ void register_generate(CLI::App& app) {
     BankRetriever retriever;
     std::unique_ptr<MemoryCache> cache;
     std::unique_ptr<BankMemorySource> source;
-    if (!o->bank.empty()) {
+    std::vector<int64_t> rag_ids;
+    if (o->rag && o->bank.empty()) throw Error("--rag needs --bank: it puts the bank's references in the prompt");
+    if (o->rag) {
+      // The RAG baseline (spec Table 21): references retrieved once with the prompt, as text in
+      // front of it ("Reference: <text>\n" each, then "\n", as m3 serve --rag), a plain LM.
+      bank = MemoryBank::open(o->bank, model.get(), false);
+      retriever = open_bank_retriever(*bank, model.get(), o->retriever, &pool);
+      std::string context;
+      for (const SearchHit& h : retriever.retriever->search(prompt_text(*o), o->rag_references > 0 ? o->rag_references : model->config().memory.memories_per_chunk)) {
+        const ReferenceInfo ref = bank->reference(h.id);
+        if (ref.deleted) continue;
+        rag_ids.push_back(h.id);
+        context += "Reference: " + ref.text + "\n";
+      }
+      PromptOpts with_refs = *o;
+      with_refs.prompt = context + "\n" + prompt_text(*o);
+      with_refs.prompt_file.clear();
+      ids = tokenize_prompt(*model, with_refs);
+    } else if (!o->bank.empty()) {
       bank = MemoryBank::open(o->bank, model.get(), false);
       prefix = std::make_unique<PrefixKV>(*model, &pool);
       retriever = open_bank_retriever(*bank, model.get(), o->retriever, &pool);
@@ -144,7 +164,11 @@ void register_generate(CLI::App& app) {
     }
     if (r.finish_reason == "length" && static_cast<int>(r.tokens.size()) < o->n)
       std::fprintf(stderr, "m3: stopped: the context is full (%d tokens)\n", session.capacity());
-    if (o->show_memories && bank) {
+    if (o->show_memories && o->rag) {
+      std::fprintf(stderr, "rag: the prompt carried %zu references (%zu tokens in all):\n", rag_ids.size(), ids.size());
+      for (int64_t id : rag_ids) std::fprintf(stderr, "  #%lld  %s\n", static_cast<long long>(id), bank->reference(id).doc_id.c_str());
+    }
+    if (o->show_memories && bank && !o->rag) {
       for (const ChunkRecord& ch : session.chunks()) {
         std::fprintf(stderr, "chunk %d (tokens %d..%d) read %zu memories:\n", ch.chunk, ch.token_begin, ch.token_end - 1,
                      ch.reference_ids.size());
