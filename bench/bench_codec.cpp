@@ -23,14 +23,13 @@
 #include "m3/codec.h"
 #include "m3/error.h"
 #include "m3/npy.h"
+#include "bench_util.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) {
-  return std::chrono::duration<double>(Clock::now() - t0).count();
-}
+using m3::bench::Clock;
+using m3::bench::median;
+using m3::bench::seconds_since;
 
 // Same construction as tests/test_codec.cpp: 16 centres in an 8-dim subspace, within-cluster
 // spread in that subspace, per-channel scales exp(N(0, 0.5²)), isotropic noise 0.1.

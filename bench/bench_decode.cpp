@@ -24,19 +24,14 @@
 #include "m3/error.h"
 #include "m3/forward.h"
 #include "m3/model.h"
+#include "bench_util.h"
 
 using namespace m3;
-using Clock = std::chrono::steady_clock;
+using m3::bench::Clock;
+using m3::bench::median;
+using m3::bench::seconds_since;
 
 namespace {
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 // Read bandwidth: AVX2 sum over a buffer much larger than the L3 cache, split over threads.
 // Returns the best of `reps` passes in GB/s (the roofline is what the machine can do at best).

@@ -31,20 +31,15 @@
 #include "m3/memory_writer.h"
 #include "m3/model.h"
 #include "m3/tokenizer.h"
+#include "bench_util.h"
 
 using namespace m3;
-using Clock = std::chrono::steady_clock;
+using m3::bench::Clock;
+using m3::bench::median;
+using m3::bench::seconds_since;
 namespace fs = std::filesystem;
 
 namespace {
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 std::string read_file(const std::string& path) {
   FILE* f = std::fopen(path.c_str(), "rb");

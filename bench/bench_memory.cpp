@@ -29,18 +29,15 @@
 #include "m3/memory_writer.h"
 #include "m3/model.h"
 #include "m3/session.h"
+#include "bench_util.h"
 
 using namespace m3;
 namespace fs = std::filesystem;
-using Clock = std::chrono::steady_clock;
+using m3::bench::Clock;
+using m3::bench::median;
+using m3::bench::seconds_since;
 
 namespace {
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
 
 std::string source_dir() {
   if (const char* d = std::getenv("M3_SOURCE_DIR")) return d;

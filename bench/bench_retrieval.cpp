@@ -31,12 +31,13 @@
 #include "m3/error.h"
 #include "m3/retriever.h"
 #include "m3/thread_pool.h"
+#include "bench_util.h"
 
 namespace {
 
-using Clock = std::chrono::steady_clock;
-
-double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+using m3::bench::Clock;
+using m3::bench::median;
+using m3::bench::seconds_since;
 
 struct Latency {
   double p50_ms = 0, p99_ms = 0, mean_ms = 0;
