@@ -10,20 +10,12 @@
 namespace m3 {
 namespace {
 
+using test::expect_error;
 using test::run;
 const std::string kData = M3_TEST_DATA;
 const std::string kM3 = test::m3_binary();
 
 std::string q(const std::string& s) { return "'" + s + "'"; }
-
-// Exactly one line of output, starting "m3: error:", containing `needle`, exit code 1.
-void expect_error(const std::string& args, const std::string& needle) {
-  const auto r = run(kM3 + " " + args);
-  EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.out;
-  EXPECT_EQ(r.out.rfind("m3: error: ", 0), 0u) << args << "\n" << r.out;
-  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
-  EXPECT_NE(r.out.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.out;
-}
 
 TEST(Cli, HelpListsEverySubcommandAndEachHasHelp) {
   const auto top = run(kM3 + " --help");

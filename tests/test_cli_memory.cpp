@@ -33,6 +33,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
+using test::expect_error;
 using test::run;
 using Clock = std::chrono::steady_clock;
 
@@ -45,15 +46,6 @@ std::string q(const std::string& s) { return "'" + s + "'"; }
 const Model& test_model() {
   static const std::unique_ptr<Model> model = Model::load(kModel);
   return *model;
-}
-
-// Exactly one line of output, starting "m3: error:", containing `needle`, exit code 1.
-void expect_error(const std::string& args, const std::string& needle) {
-  const auto r = run(kM3 + " " + args);
-  EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.out;
-  EXPECT_EQ(r.out.rfind("m3: error: ", 0), 0u) << args << "\n" << r.out;
-  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
-  EXPECT_NE(r.out.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.out;
 }
 
 // The last line of a failing command's output (progress lines may precede it).

@@ -14,6 +14,8 @@
 #include <sstream>
 #include <string>
 
+#include <gtest/gtest.h>
+
 #include "m3/config.h"
 #include "m3/error.h"
 #include "m3/model.h"
@@ -73,6 +75,16 @@ inline RunResult run(const std::string& cmd) {
 }
 
 inline std::string m3_binary() { return M3_BINARY; }
+
+// `m3 <args>` fails as bad input must: exactly one line of output, starting "m3: error:",
+// containing `needle`, exit code 1.
+inline void expect_error(const std::string& args, const std::string& needle) {
+  const auto r = run(m3_binary() + " " + args);
+  EXPECT_EQ(r.exit_code, 1) << args << "\n" << r.out;
+  EXPECT_EQ(r.out.rfind("m3: error: ", 0), 0u) << args << "\n" << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_NE(r.out.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.out;
+}
 
 // Normalised mean squared error Σ(a−b)²/Σb², b the reference.
 inline double nmse(const float* a, const float* b, size_t n) {

@@ -78,15 +78,6 @@ void throttle(double factor = 1.0) {
   if (ms > 0) std::this_thread::sleep_for(std::chrono::duration<double, std::milli>(ms * factor));
 }
 
-std::string human_bytes(double b) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (b >= 1024 && u < 4) { b /= 1024; ++u; }
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), u ? "%.2f %s" : "%.0f %s", b, units[u]);
-  return buf;
-}
-
 // ---- memorize.json ----------------------------------------------------------------------------
 
 json read_side(const std::string& bank) {

@@ -19,6 +19,8 @@ std::string read_file(const std::string& path) {
   return ss.str();
 }
 
+}  // namespace
+
 std::string human_bytes(double b) {
   const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
   int u = 0;
@@ -27,7 +29,6 @@ std::string human_bytes(double b) {
   std::snprintf(buf, sizeof(buf), u ? "%.2f %s" : "%.0f %s", b, units[u]);
   return buf;
 }
-}  // namespace
 
 void register_init(CLI::App& app) {
   auto* cmd = app.add_subcommand("init", "Create a randomly initialised model file of a preset shape");

@@ -3,6 +3,7 @@
 
 #include <CLI/CLI.hpp>
 #include <functional>
+#include <string>
 
 #include "m3/sampler.h"
 
@@ -28,6 +29,9 @@ void register_chat(CLI::App& app);      // cmd_chat.cpp
 
 // --seed --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n (generate, chat).
 void add_sampler_options(CLI::App* cmd, SamplerParams& sp);
+
+// "512 B", "3.25 MiB": sizes for people (inspect, bank info).
+std::string human_bytes(double bytes);
 
 // Threads option shared by compute commands: 0 = all cores.
 int resolve_threads(int requested);
