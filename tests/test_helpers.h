@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cmath>
 #include <functional>
 #include <cstdio>
 #include <filesystem>
@@ -84,6 +85,16 @@ inline void expect_error(const std::string& args, const std::string& needle) {
   EXPECT_EQ(r.out.rfind("m3: error: ", 0), 0u) << args << "\n" << r.out;
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
   EXPECT_NE(r.out.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.out;
+}
+
+// ‖a − b‖ / ‖b‖ (a against a double-precision reference b)
+inline double rel_err(const float* a, const double* b, size_t n) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < n; ++i) {
+    num += (a[i] - b[i]) * (a[i] - b[i]);
+    den += b[i] * b[i];
+  }
+  return std::sqrt(num) / std::max(std::sqrt(den), 1e-300);
 }
 
 // Normalised mean squared error Σ(a−b)²/Σb², b the reference.

@@ -38,15 +38,7 @@ std::vector<float> randn(size_t n, uint64_t seed, float scale = 1.0f) {
 
 std::vector<double> to_double(const std::vector<float>& v) { return {v.begin(), v.end()}; }
 
-// ‖a − b‖ / ‖b‖
-double rel_err(const float* a, const double* b, size_t n) {
-  double num = 0, den = 0;
-  for (size_t i = 0; i < n; ++i) {
-    num += (a[i] - b[i]) * (a[i] - b[i]);
-    den += b[i] * b[i];
-  }
-  return std::sqrt(num) / std::max(std::sqrt(den), 1e-300);
-}
+using test::rel_err;
 double rel_err(const std::vector<float>& a, const std::vector<double>& b) {
   EXPECT_EQ(a.size(), b.size());
   return rel_err(a.data(), b.data(), std::min(a.size(), b.size()));

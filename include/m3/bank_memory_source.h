@@ -5,6 +5,7 @@
 #include <atomic>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "m3/bank.h"
 #include "m3/memory_cache.h"
@@ -15,14 +16,21 @@ namespace m3 {
 
 struct BankMemoryOptions {
   int per_chunk = 5;              // memories per chunk
-  double max_overlap = 1.0;       // drop a retrieved reference whose Eq. 6 overlap with the query is >= this (1.0: keep all)
-  const Tokenizer* tokenizer = nullptr;  // tokenizes queries for the overlap filter (needed when max_overlap < 1)
+  // Leakage filter (decisions.md "Reading memories"): drop a retrieved reference whose Eq. 6
+  // overlap with the query is >= max_overlap. Above 1 (the default) it keeps all; the paper's
+  // evaluation uses 2/3 (kEvaluationOverlapLimit).
+  double max_overlap = 2.0;
+  const Tokenizer* tokenizer = nullptr;  // tokenizes the chunk's query for the filter
+  // When not empty, the filter compares references with these tokens (e.g. the whole evaluation
+  // question) instead of each chunk's query. Either this or tokenizer is needed when filtering.
+  std::vector<int32_t> leakage_tokens;
 };
 
 // Counters for /metrics and benchmarks (totals over all select() calls).
 struct RetrievalStats {
   uint64_t selections = 0;
   uint64_t memories = 0;
+  uint64_t dropped = 0;           // retrieved references the leakage filter dropped
   double retrieval_seconds = 0;   // retriever.search
   double load_seconds = 0;        // bank reads and decoding (cache misses)
 };
@@ -30,7 +38,8 @@ struct RetrievalStats {
 // Thread-safe: many sessions may share one source (bank reads and searches run concurrently).
 class BankMemorySource : public MemorySource {
  public:
-  // cache may be null (every memory read from the bank). All must outlive the source.
+  // cache may be null (every memory read from the bank). All must outlive the source. Throws
+  // m3::Error when the leakage filter is on with neither a tokenizer nor leakage_tokens.
   BankMemorySource(const MemoryBank& bank, const Retriever& retriever, MemoryCache* cache, BankMemoryOptions options = {});
   std::vector<ChunkMemory> select(int chunk, const std::string& query) override;
   RetrievalStats stats() const;

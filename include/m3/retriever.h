@@ -65,7 +65,11 @@ class Retriever {
 class Bm25Retriever : public Retriever {
  public:
   // Throws m3::Error when the file is missing or is not a catalog (no refs / refs_fts table).
-  explicit Bm25Retriever(const std::string& catalog_path);
+  // max_df_fraction < 1: query terms found in more than this fraction of the references (as they
+  // are at construction) are left out of the query, unless every term would be — a common word
+  // adds little to bm25 but makes FTS5 score most of the catalog (on 64k references, 5% turns a
+  // 90 ms query into 1 ms).
+  explicit Bm25Retriever(const std::string& catalog_path, double max_df_fraction = 1.0);
   ~Bm25Retriever() override;
   Bm25Retriever(const Bm25Retriever&) = delete;
   Bm25Retriever& operator=(const Bm25Retriever&) = delete;

@@ -5,7 +5,10 @@
 // What it is: the clean, readable CPU reference for training, f32 everywhere, every op a
 // forward/backward pair (src/train/ops.h), checked against the PyTorch oracle
 // (tools/reference/train_reference.py) and by finite differences (tests/test_train.cpp).
-// What it is not (yet): mixed precision, memory-augmented (stage-2) training, a data loader.
+// Stage 2 (memory_forward_backward): the same model reading explicit memories that it writes
+// itself in the same step, gradients flowing through the kept keys and values (src/train/
+// memory_train.cpp; oracle tools/reference/stage2_reference.py).
+// What it is not (yet): mixed precision, a data loader.
 //
 // Shapes, one letter per dimension: B sequences, T tokens per sequence, N = B·T, L layers,
 // C model width, H query heads, G KV heads, D head dim, F MLP width, V vocabulary.
@@ -49,6 +52,22 @@ struct ParamViews {
   float* output_norm;  // [C]
   float* output;       // [V, C]; == token_embd when the embeddings are tied
   std::vector<LayerParams> layers;
+};
+
+// One stage-2 batch (decisions.md "Training"): B context sequences of T tokens and the references
+// their chunks read. The prefix ("<s>Reference:" as tokens, p of them) sits at positions 0..p−1;
+// reference token j at p+j; context token t at p + reference_length + t. Context chunk c = rows
+// [c·chunk_length, (c+1)·chunk_length) attends at the memory layers to the memories of
+// chunk_refs[b][c] (indices into references), written on the fly by the current weights: each
+// reference encoded causally behind the prefix through the memory layers, its top
+// tokens_per_head tokens per (layer, KV head) kept (importance as in m3/memory_writer.h; the
+// choice is not differentiated, the kept keys and values are).
+struct MemoryBatch {
+  int B = 0, T = 0;
+  std::vector<int32_t> prefix;                            // p ≥ 1 tokens
+  std::vector<int32_t> tokens, targets;                   // [B·T]; target −1: ignored
+  std::vector<std::vector<int32_t>> references;           // 1..reference_length tokens each, no BOS
+  std::vector<std::vector<std::vector<int32_t>>> chunk_refs;  // [B][n_chunks or fewer] reference indices
 };
 
 // The model's weights as f32 in one contiguous buffer, in init_weights()'s tensor order
@@ -97,11 +116,31 @@ class TrainableModel {
   // The same loss without backward (evaluation); grads() untouched.
   float loss(const int32_t* tokens, const int32_t* targets, int B, int T);
 
+  // Stage 2: the same contract as forward_backward for a MemoryBatch. Throws m3::Error for a bad
+  // token, an out-of-range or too long reference, a model without memory layers, or positions
+  // beyond the context length (p + reference_length + T).
+  float memory_forward_backward(const MemoryBatch& batch, int64_t loss_denominator = 0);
+  float memory_loss(const MemoryBatch& batch);
+  // The kept token indices of reference r at memory layer l and KV head g after the last
+  // memory_* call (ascending; min(tokens_per_head, length) of them). For tests and tools.
+  const std::vector<int32_t>& kept_tokens(int r, int l, int g) const;
+
   // The weights as f32 tensors for save_model (tied models have no output.weight).
   std::vector<OwnedTensor> export_tensors() const;
 
  private:
   struct Activations;
+  struct MemoryActivations;
+  struct Head {  // output norm, logits, cross-entropy, and their gradients
+    int64_t rows = 0;
+    Buffer xo, rstd_o, logits, losses, dx, dres;
+    void reserve(const ModelConfig& c, int64_t N);
+  };
+  void check_tokens(const int32_t* tokens, int64_t n, const char* what) const;
+  float head_forward(Head& h, const float* res_last, const int32_t* targets, int64_t N);
+  const float* head_backward(Head& h, const float* res_last, const int32_t* targets, int64_t N, int64_t loss_denominator);
+  float memory_forward(const MemoryBatch& batch);
+  void memory_backward(const MemoryBatch& batch, int64_t loss_denominator);
   void add(const std::string& name, std::vector<int64_t> ne);
   ParamViews views(float* base);
   void reserve(int B, int T);
@@ -114,6 +153,7 @@ class TrainableModel {
   Buffer params_, grads_;
   ThreadPool* pool_ = nullptr;
   std::unique_ptr<Activations> acts_;  // sized for the largest (B, T) seen; reused across calls
+  std::unique_ptr<MemoryActivations> mem_;  // stage 2
 };
 
 // Global L2 norm of all gradients (accumulated in double).

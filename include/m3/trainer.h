@@ -1,4 +1,4 @@
-// m3/trainer.h — stage-1 pretraining runs: a config (TOML or flags), a training loop with a
+// m3/trainer.h — training runs (stage 1 pretraining, stage 2 continual training with memory): a config (TOML or flags), a training loop with a
 // progress bar, a CSV log, validation, atomic checkpoints and exact resume, and GGUF export.
 //
 // A run is a directory:
@@ -12,6 +12,14 @@
 //                          fsynced, renamed; only then does `latest` move (atomically).
 //   model.gguf             the exported model (at the end), in config.export_type
 //   loss.svg               the loss curves (at the end)
+//
+// Stage 2 (train.stage = 2, decisions.md "Training"): the run starts from a stage-1 model
+// (model.init). The knowledge base (memory.kb) is split into references (≤ reference_length
+// tokens) and indexed for bm25 in <run>/kb/ (rebuilt at every start: a function of the kb file).
+// Each 64-token chunk of a training window retrieves with its own text and reads the best hit
+// whose Eq. 6 overlap with the window is ≤ 0.9; it attends to its own and the previous four
+// chunks' references, written on the fly by the current weights (TrainableModel::
+// memory_forward_backward). Validation loss is measured the same way (with memory).
 //
 // Exact resume: the batch of step s is a pure function of (seed, s) (WindowSampler), the learning
 // rate of s, and the weights and optimizer state are restored bit for bit, so a resumed run logs
@@ -36,6 +44,7 @@ struct TrainConfig {
   // [data]
   std::string data;         // token dataset directory (m3 data tokenize)
   // [train]
+  int stage = 1;            // 1: plain LM; 2: continual training with memory (needs model.init, memory.kb)
   int batch = 8;            // sequences per micro-batch
   int seq_len = 256;
   int grad_accum = 1;       // micro-batches per step
@@ -47,6 +56,9 @@ struct TrainConfig {
   float weight_decay = 0.1f, grad_clip = 1.0f, beta1 = 0.9f, beta2 = 0.95f;
   uint64_t seed = 1;
   int threads = 0;          // 0: all cores
+  // [memory] (stage 2)
+  std::string kb;           // knowledge base the chunks retrieve from (a path m3 memorize --kb reads)
+  int retrieve_k = 8;       // bm25 candidates per chunk; the best one that does not leak is read
   // [eval]
   int64_t eval_interval = 100;  // steps; 0: only at the end
   int64_t eval_tokens = 65536;  // validation tokens per evaluation (whole windows, from the start of the split)

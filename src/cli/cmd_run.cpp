@@ -18,6 +18,7 @@
 #include "m3/bank_retriever.h"
 #include "m3/generate.h"
 #include "m3/memory_cache.h"
+#include "m3/rag.h"
 #include "m3/sampler.h"
 #include "m3/session.h"
 
@@ -117,19 +118,16 @@ void register_generate(CLI::App& app) {
     std::vector<int64_t> rag_ids;
     if (o->rag && o->bank.empty()) throw Error("--rag needs --bank: it puts the bank's references in the prompt");
     if (o->rag) {
-      // The RAG baseline (spec Table 21): references retrieved once with the prompt, as text in
-      // front of it ("Reference: <text>\n" each, then "\n", as m3 serve --rag), a plain LM.
+      // The RAG baseline (spec Table 21, m3/rag.h): references retrieved once with the prompt, as
+      // text in front of it, a plain LM.
       bank = MemoryBank::open(o->bank, model.get(), false);
       retriever = open_bank_retriever(*bank, model.get(), o->retriever, &pool);
-      std::string context;
-      for (const SearchHit& h : retriever.retriever->search(prompt_text(*o), o->rag_references > 0 ? o->rag_references : model->config().memory.memories_per_chunk)) {
-        const ReferenceInfo ref = bank->reference(h.id);
-        if (ref.deleted) continue;
-        rag_ids.push_back(h.id);
-        context += "Reference: " + ref.text + "\n";
-      }
+      RagOptions ro;
+      ro.references = o->rag_references > 0 ? o->rag_references : model->config().memory.memories_per_chunk;
+      const RagReferences refs = retrieve_rag_references(*bank, *retriever.retriever, prompt_text(*o), ro);
+      for (const ReferenceInfo& ref : refs.references) rag_ids.push_back(ref.id);
       PromptOpts with_refs = *o;
-      with_refs.prompt = context + "\n" + prompt_text(*o);
+      with_refs.prompt = rag_block(refs.references) + prompt_text(*o);
       with_refs.prompt_file.clear();
       ids = tokenize_prompt(*model, with_refs);
     } else if (!o->bank.empty()) {

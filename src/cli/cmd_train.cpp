@@ -61,14 +61,14 @@ void register_data(CLI::App& app) {
 }
 
 void register_train(CLI::App& app) {
-  auto* cmd = app.add_subcommand("train", "Pretrain a model (stage 1) on a token dataset, with checkpoints and exact --resume");
+  auto* cmd = app.add_subcommand("train", "Train a model on a token dataset: stage 1 (plain LM) or stage 2 (with memory), checkpoints, exact --resume");
   struct Opts {
     std::string config;
     bool resume = false, quiet = false;
     int64_t stop_after = -1;
     // Flag overrides of config keys (unset: the config's value).
-    std::optional<std::string> preset, init, data, out, export_type;
-    std::optional<int> batch, seq_len, grad_accum, threads, layers, dim, heads, kv_heads, head_dim, ffn, context;
+    std::optional<std::string> preset, init, data, out, export_type, kb;
+    std::optional<int> stage, batch, seq_len, grad_accum, threads, layers, dim, heads, kv_heads, head_dim, ffn, context;
     std::optional<int64_t> steps, tokens, warmup, eval_interval, eval_tokens, checkpoint_interval;
     std::optional<float> lr, min_lr;
     std::optional<uint64_t> seed;
@@ -88,6 +88,8 @@ void register_train(CLI::App& app) {
   cmd->add_option("--data", o->data, "data.dir: token dataset (m3 data tokenize)");
   cmd->add_option("-o,--out", o->out, "output.dir: run directory");
   cmd->add_option("--export-type", o->export_type, "output.export_type of the final model.gguf");
+  cmd->add_option("--stage", o->stage, "train.stage: 1 (plain LM) or 2 (with memory; needs --init and --kb)");
+  cmd->add_option("--kb,--bank-source", o->kb, "memory.kb: knowledge base the stage-2 chunks retrieve from");
   cmd->add_option("-b,--batch", o->batch, "train.batch");
   cmd->add_option("--seq-len", o->seq_len, "train.seq_len");
   cmd->add_option("--grad-accum", o->grad_accum, "train.grad_accum");
@@ -126,6 +128,8 @@ void register_train(CLI::App& app) {
     take(c.data, o->data);
     take(c.out, o->out);
     take(c.export_type, o->export_type);
+    take(c.stage, o->stage);
+    take(c.kb, o->kb);
     take(c.batch, o->batch);
     take(c.seq_len, o->seq_len);
     take(c.grad_accum, o->grad_accum);

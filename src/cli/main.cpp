@@ -33,6 +33,7 @@ int main(int argc, char** argv) {
   m3::cli::register_search(app);
   m3::cli::register_serve(app);
   m3::cli::register_chat(app);
+  m3::cli::register_eval(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <unordered_map>
 #include <unordered_set>
 
 #include "m3/error.h"
@@ -41,6 +42,8 @@ struct Bm25Retriever::Impl {
   fts5_tokenizer tokenizer{};
   Fts5Tokenizer* tok = nullptr;
   mutable std::mutex mutex;  // the prepared statement and the tokenizer are shared by searches
+  int64_t max_df = -1;       // terms in more references than this are not searched (−1: all are)
+  std::unordered_map<std::string, int64_t> df;  // documents per term, when max_df is set
 
   ~Impl() {
     if (tok) tokenizer.xDelete(tok);
@@ -75,7 +78,7 @@ struct Bm25Retriever::Impl {
   }
 };
 
-Bm25Retriever::Bm25Retriever(const std::string& catalog_path) : impl_(std::make_unique<Impl>()) {
+Bm25Retriever::Bm25Retriever(const std::string& catalog_path, double max_df_fraction) : impl_(std::make_unique<Impl>()) {
   impl_->path = catalog_path;
   // READONLY without CREATE: a missing file is an error rather than a new empty database.
   const int rc = sqlite3_open_v2(catalog_path.c_str(), &impl_->db, SQLITE_OPEN_READONLY | SQLITE_OPEN_FULLMUTEX, nullptr);
@@ -91,6 +94,29 @@ Bm25Retriever::Bm25Retriever(const std::string& catalog_path) : impl_(std::make_
   if (sqlite3_prepare_v3(impl_->db, sql, -1, SQLITE_PREPARE_PERSISTENT, &impl_->stmt, nullptr) != SQLITE_OK)
     impl_->fail("catalog tables refs / refs_fts do not have the expected columns");
   impl_->open_tokenizer();
+  if (max_df_fraction < 1.0) {
+    // Document frequencies from FTS5's own vocabulary (a temp table: the catalog stays read-only).
+    if (sqlite3_exec(impl_->db, "CREATE VIRTUAL TABLE temp.refs_vocab USING fts5vocab(main, refs_fts, row)", nullptr,
+                     nullptr, nullptr) != SQLITE_OK)
+      impl_->fail("cannot read the full-text vocabulary");
+    sqlite3_stmt* s = nullptr;
+    if (sqlite3_prepare_v2(impl_->db, "SELECT term, doc FROM temp.refs_vocab", -1, &s, nullptr) != SQLITE_OK)
+      impl_->fail("cannot read the full-text vocabulary");
+    int64_t most = 0;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+      const auto* term = reinterpret_cast<const char*>(sqlite3_column_text(s, 0));
+      const int64_t n = sqlite3_column_int64(s, 1);
+      impl_->df.emplace(term ? term : "", n);
+      most = std::max(most, n);
+    }
+    sqlite3_finalize(s);
+    sqlite3_int64 refs = 0;
+    if (sqlite3_prepare_v2(impl_->db, "SELECT count(*) FROM refs WHERE deleted = 0", -1, &s, nullptr) == SQLITE_OK &&
+        sqlite3_step(s) == SQLITE_ROW)
+      refs = sqlite3_column_int64(s, 0);
+    sqlite3_finalize(s);
+    impl_->max_df = static_cast<int64_t>(max_df_fraction * static_cast<double>(std::max<sqlite3_int64>(refs, most)));
+  }
 }
 
 Bm25Retriever::~Bm25Retriever() = default;
@@ -119,7 +145,16 @@ std::vector<SearchHit> Bm25Retriever::search(const std::string& query, int k) co
   std::vector<SearchHit> hits;
   if (k <= 0) return hits;
   std::lock_guard<std::mutex> lock(impl_->mutex);
-  const std::string match = fts5_or_query(tokenize_locked(impl_->tokenizer, impl_->tok, query));
+  std::vector<std::string> terms = tokenize_locked(impl_->tokenizer, impl_->tok, query);
+  if (impl_->max_df >= 0) {
+    std::vector<std::string> rare;
+    for (const std::string& t : terms) {
+      const auto it = impl_->df.find(t);
+      if (it == impl_->df.end() || it->second <= impl_->max_df) rare.push_back(t);
+    }
+    if (!rare.empty()) terms.swap(rare);  // a query of only common words keeps them all
+  }
+  const std::string match = fts5_or_query(terms);
   if (match.empty()) return hits;
 
   sqlite3_stmt* s = impl_->stmt;

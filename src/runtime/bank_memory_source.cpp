@@ -2,7 +2,9 @@
 #include "m3/bank_memory_source.h"
 
 #include <chrono>
+#include <utility>
 
+#include "m3/error.h"
 #include "m3/overlap.h"
 
 namespace m3 {
@@ -13,17 +15,23 @@ double since(Clock::time_point t0) { return std::chrono::duration<double>(Clock:
 }  // namespace
 
 BankMemorySource::BankMemorySource(const MemoryBank& bank, const Retriever& retriever, MemoryCache* cache, BankMemoryOptions options)
-    : bank_(bank), retriever_(retriever), cache_(cache), options_(options) {}
+    : bank_(bank), retriever_(retriever), cache_(cache), options_(std::move(options)) {
+  if (options_.max_overlap <= 1.0 && !options_.tokenizer && options_.leakage_tokens.empty())
+    throw Error("BankMemorySource: the leakage filter needs a tokenizer or the tokens to compare with");
+}
 
 std::vector<ChunkMemory> BankMemorySource::select(int /*chunk*/, const std::string& query) {
   const auto t0 = Clock::now();
   // Search deeper than needed when leakage filtering may drop hits.
-  const int depth = options_.max_overlap < 1.0 ? options_.per_chunk * 4 : options_.per_chunk;
+  const bool filter = options_.max_overlap <= 1.0;
+  const int depth = filter ? options_.per_chunk * 4 : options_.per_chunk;
   const std::vector<SearchHit> hits = retriever_.search(query, depth);
   const double search_s = since(t0);
   std::vector<ChunkMemory> out;
   const auto t1 = Clock::now();
+  uint64_t dropped = 0;
   std::vector<int32_t> query_tokens;
+  const std::vector<int32_t>& leak = options_.leakage_tokens.empty() ? query_tokens : options_.leakage_tokens;
   for (const SearchHit& h : hits) {
     if (static_cast<int>(out.size()) >= options_.per_chunk) break;
     if (h.id < 0 || h.id >= bank_.memory_count()) continue;  // not memorized (yet)
@@ -31,10 +39,14 @@ std::vector<ChunkMemory> BankMemorySource::select(int /*chunk*/, const std::stri
     // index saved before a crash that interrupted a delete).
     const ReferenceInfo ref = bank_.reference(h.id);
     if (ref.deleted) continue;
-    if (options_.max_overlap < 1.0 && options_.tokenizer) {
-      // Leakage filter (decisions.md): the reference's tokens against the query's.
-      if (query_tokens.empty()) query_tokens = options_.tokenizer->encode(query);
-      if (overlap(query_tokens, ref.tokens) >= options_.max_overlap) continue;
+    if (filter) {
+      // Leakage filter (decisions.md): the reference's tokens against the query's (or the
+      // evaluation question's).
+      if (options_.leakage_tokens.empty() && query_tokens.empty()) query_tokens = options_.tokenizer->encode(query);
+      if (overlap(leak, ref.tokens) >= options_.max_overlap) {
+        ++dropped;
+        continue;
+      }
     }
     ChunkMemory m;
     m.reference_id = h.id;
@@ -47,6 +59,7 @@ std::vector<ChunkMemory> BankMemorySource::select(int /*chunk*/, const std::stri
   std::lock_guard<std::mutex> lock(mu_);
   stats_.selections += 1;
   stats_.memories += out.size();
+  stats_.dropped += dropped;
   stats_.retrieval_seconds += search_s;
   stats_.load_seconds += since(t1);
   return out;

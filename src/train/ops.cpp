@@ -98,7 +98,7 @@ void matmul_backward(float* dinp, float* dweight, const float* dout, const float
 
 // ---- rope ---------------------------------------------------------------------------------------
 
-RopeTable rope_table(int64_t T, int64_t D, float theta) {
+RopeTable rope_table(int64_t T, int64_t D, float theta, int64_t pos0) {
   RopeTable r;
   r.T = T;
   r.D = D;
@@ -106,7 +106,7 @@ RopeTable rope_table(int64_t T, int64_t D, float theta) {
   r.sin.resize(r.cos.size());
   for (int64_t t = 0; t < T; ++t)
     for (int64_t i = 0; i < D / 2; ++i) {
-      const double angle = double(t) * std::pow(double(theta), -2.0 * double(i) / double(D));
+      const double angle = double(pos0 + t) * std::pow(double(theta), -2.0 * double(i) / double(D));
       r.cos[t * (D / 2) + i] = static_cast<float>(std::cos(angle));
       r.sin[t * (D / 2) + i] = static_cast<float>(std::sin(angle));
     }
@@ -144,17 +144,14 @@ void rope_backward(float* dx, const RopeTable& rope, int64_t B, int64_t nh) {
 
 // ---- attention ----------------------------------------------------------------------------------
 
-namespace {
-// Query rows are processed in blocks of kBlock: block [r0, r1) only needs keys 0..r1−1, which
-// skips most of the masked upper triangle while every product stays one sgemm.
-constexpr int64_t kBlock = 64;
-}  // namespace
-
-int64_t attention_scratch_floats(int64_t T, const ThreadPool* pool) { return (pool ? pool->size() : 1) * T * T; }
+int64_t attention_scratch_floats(int64_t T, int64_t E, const ThreadPool* pool) {
+  return (pool ? pool->size() : 1) * T * (E + T);
+}
 
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t B, int64_t T,
-                       int64_t H, int64_t G, int64_t D, ThreadPool* pool) {
-  const int64_t HD = H * D, GD = G * D, group = H / G;
+                       int64_t H, int64_t G, int64_t D, const AttentionExt& ext, ThreadPool* pool) {
+  const int64_t HD = H * D, GD = G * D, group = H / G, E = ext.max_rows, S = E + T, blk = ext.block;
+  const int64_t n_blocks = (T + blk - 1) / blk;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
   parallel(pool, B * H, [&](int64_t i0, int64_t i1) {
     for (int64_t item = i0; item < i1; ++item) {
@@ -163,21 +160,43 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
       const float* kg = k + b * T * GD + g * D;  // (T,D) with row stride GD
       const float* vg = v + b * T * GD + g * D;
       float* oh = out + b * T * HD + h * D;
-      float* P = att + (b * H + h) * T * T;  // (T,T)
-      for (int64_t r0 = 0; r0 < T; r0 += kBlock) {
-        const int64_t r1 = std::min(T, r0 + kBlock), rows = r1 - r0;
-        // scores[t, s] = q[t]·k[s] / √D for t in the block, s < r1
+      float* P = att + (b * H + h) * T * S;  // (T,S)
+      for (int64_t c = 0; c < n_blocks; ++c) {
+        // Block [r0, r1) only needs own keys 0..r1−1: most of the masked triangle is skipped
+        // while every product stays one sgemm.
+        const int64_t r0 = c * blk, r1 = std::min(T, r0 + blk), rows = r1 - r0;
+        const int64_t ne = E ? ext.rows[b * n_blocks + c] : 0;
+        const float* ek = E ? ext.k + ((b * n_blocks + c) * E) * GD + g * D : nullptr;
+        const float* ev = E ? ext.v + ((b * n_blocks + c) * E) * GD + g * D : nullptr;
+        // scores[t, e] = q[t]·ext_k[e] / √D and scores[t, E+s] = q[t]·k[s] / √D
+        if (ne > 0)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(ne), int(D), scale, qh + r0 * HD, int(HD), ek,
+                      int(GD), 0.0f, P + r0 * S, int(S));
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(r1), int(D), scale, qh + r0 * HD, int(HD), kg,
-                    int(GD), 0.0f, P + r0 * T, int(T));
-        // att[t, :] = softmax over s ≤ t; the masked s > t are 0 so the block products ignore them
+                    int(GD), 0.0f, P + r0 * S + E, int(S));
+        // att[t, :] = one softmax over the external rows and s ≤ t; masked entries are 0 so the
+        // block products ignore them
         for (int64_t t = r0; t < r1; ++t) {
-          float* p = P + t * T;
-          softmax(p, t + 1);
-          std::fill(p + t + 1, p + r1, 0.0f);
+          float* pe = P + t * S;
+          float* po = pe + E;
+          float mx = -INFINITY;
+          for (int64_t e = 0; e < ne; ++e) mx = std::max(mx, pe[e]);
+          for (int64_t s2 = 0; s2 <= t; ++s2) mx = std::max(mx, po[s2]);
+          double sum = 0;
+          for (int64_t e = 0; e < ne; ++e) sum += (pe[e] = std::exp(pe[e] - mx));
+          for (int64_t s2 = 0; s2 <= t; ++s2) sum += (po[s2] = std::exp(po[s2] - mx));
+          const float inv = static_cast<float>(1.0 / sum);
+          for (int64_t e = 0; e < ne; ++e) pe[e] *= inv;
+          for (int64_t s2 = 0; s2 <= t; ++s2) po[s2] *= inv;
+          std::fill(pe + ne, pe + E, 0.0f);
+          std::fill(po + t + 1, po + r1, 0.0f);
         }
-        // out[t] = Σ_s att[t, s] · v[s]
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(D), int(r1), 1.0f, P + r0 * T, int(T), vg,
+        // out[t] = Σ_e att[t, e] · ext_v[e] + Σ_s att[t, E+s] · v[s]
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(D), int(r1), 1.0f, P + r0 * S + E, int(S), vg,
                     int(GD), 0.0f, oh + r0 * HD, int(HD));
+        if (ne > 0)
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(D), int(ne), 1.0f, P + r0 * S, int(S), ev,
+                      int(GD), 1.0f, oh + r0 * HD, int(HD));
       }
     }
   });
@@ -185,14 +204,16 @@ void attention_forward(float* out, float* att, const float* q, const float* k, c
 
 void attention_backward(float* dq, float* dk, float* dv, float* scratch, const float* dout, const float* q, const float* k,
                         const float* v, const float* att, int64_t B, int64_t T, int64_t H, int64_t G, int64_t D,
-                        ThreadPool* pool) {
-  const int64_t HD = H * D, GD = G * D, group = H / G;
+                        const AttentionExt& ext, ThreadPool* pool) {
+  const int64_t HD = H * D, GD = G * D, group = H / G, E = ext.max_rows, S = E + T, blk = ext.block;
+  const int64_t n_blocks = (T + blk - 1) / blk;
   const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  // One work item per (b, g): the group's query heads all add into dk[b,:,g] and dv[b,:,g].
+  // One work item per (b, g): the group's query heads all add into dk[b,:,g], dv[b,:,g] and the
+  // external rows' head-g slices.
   const int n_threads = pool ? pool->size() : 1;
   const int64_t n_items = B * G;
   auto work = [&](int64_t i0, int64_t i1, int thread) {
-    float* dP = scratch + int64_t(thread) * T * T;  // (T,T): d att, then d scores
+    float* dP = scratch + int64_t(thread) * T * S;  // (T,S): d att, then d scores
     for (int64_t item = i0; item < i1; ++item) {
       const int64_t b = item / G, g = item % G;
       const float* kg = k + b * T * GD + g * D;
@@ -203,33 +224,51 @@ void attention_backward(float* dq, float* dk, float* dv, float* scratch, const f
         const float* qh = q + b * T * HD + h * D;
         const float* doh = dout + b * T * HD + h * D;
         float* dqh = dq + b * T * HD + h * D;
-        const float* P = att + (b * H + h) * T * T;
-        for (int64_t r0 = 0; r0 < T; r0 += kBlock) {
-          const int64_t r1 = std::min(T, r0 + kBlock), rows = r1 - r0;
-          // forward: out[t] = Σ_s att[t,s] · v[s], so
-          //   d att[t,s] = dout[t] · v[s]        and   dv[s] += Σ_t att[t,s] · dout[t]
+        const float* P = att + (b * H + h) * T * S;
+        for (int64_t c = 0; c < n_blocks; ++c) {
+          const int64_t r0 = c * blk, r1 = std::min(T, r0 + blk), rows = r1 - r0;
+          const int64_t ne = E ? ext.rows[b * n_blocks + c] : 0;
+          const int64_t eoff = ((b * n_blocks + c) * E) * GD + g * D;
+          // forward: out[t] = Σ_e att[t,e]·ext_v[e] + Σ_s att[t,E+s]·v[s], so
+          //   d att[t,·] = dout[t]·(ext_v | v)ᵀ,  dv[s] += Σ_t att[t,E+s]·dout[t],  d ext_v[e] likewise
           cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(r1), int(D), 1.0f, doh + r0 * HD, int(HD), vg,
-                      int(GD), 0.0f, dP + r0 * T, int(T));
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(r1), int(D), int(rows), 1.0f, P + r0 * T, int(T),
+                      int(GD), 0.0f, dP + r0 * S + E, int(S));
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(r1), int(D), int(rows), 1.0f, P + r0 * S + E, int(S),
                       doh + r0 * HD, int(HD), 1.0f, dvg, int(GD));
-          // forward: att[t,:] = softmax(scores[t,:]) over s ≤ t, so
-          //   d scores[t,s] = att[t,s] · (d att[t,s] − Σ_u att[t,u] · d att[t,u]);
+          if (ne > 0) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, int(rows), int(ne), int(D), 1.0f, doh + r0 * HD, int(HD),
+                        ext.v + eoff, int(GD), 0.0f, dP + r0 * S, int(S));
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(ne), int(D), int(rows), 1.0f, P + r0 * S, int(S),
+                        doh + r0 * HD, int(HD), 1.0f, ext.dv + eoff, int(GD));
+          }
+          // forward: att[t,:] = softmax(scores[t,:]) over the external rows and s ≤ t, so
+          //   d scores[t,j] = att[t,j] · (d att[t,j] − Σ_u att[t,u] · d att[t,u]);
           // the 1/√D of scores = q·k/√D is folded in here. Masked entries have att = 0 → 0.
           for (int64_t t = r0; t < r1; ++t) {
-            const float* p = P + t * T;
-            float* d = dP + t * T;
+            const float* pe = P + t * S;
+            const float* po = pe + E;
+            float* de = dP + t * S;
+            float* dd = de + E;
             double dot = 0;
-            for (int64_t s = 0; s <= t; ++s) dot += double(p[s]) * d[s];
+            for (int64_t e = 0; e < ne; ++e) dot += double(pe[e]) * de[e];
+            for (int64_t s2 = 0; s2 <= t; ++s2) dot += double(po[s2]) * dd[s2];
             const float fdot = static_cast<float>(dot);
-            for (int64_t s = 0; s <= t; ++s) d[s] = p[s] * (d[s] - fdot) * scale;
-            std::fill(d + t + 1, d + r1, 0.0f);
+            for (int64_t e = 0; e < ne; ++e) de[e] = pe[e] * (de[e] - fdot) * scale;
+            for (int64_t s2 = 0; s2 <= t; ++s2) dd[s2] = po[s2] * (dd[s2] - fdot) * scale;
+            std::fill(dd + t + 1, dd + r1, 0.0f);
           }
-          // forward: scores[t,s] = q[t]·k[s] (scaled above), so
-          //   dq[t] += Σ_s d scores[t,s] · k[s]   and   dk[s] += Σ_t d scores[t,s] · q[t]
-          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(D), int(r1), 1.0f, dP + r0 * T, int(T), kg,
-                      int(GD), 1.0f, dqh + r0 * HD, int(HD));
-          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(r1), int(D), int(rows), 1.0f, dP + r0 * T, int(T),
+          // forward: scores[t,·] = q[t]·(ext_k | k)ᵀ (scaled above), so
+          //   dq[t] += Σ_j d scores[t,j] · key[j]   and   d key[j] += Σ_t d scores[t,j] · q[t]
+          cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(D), int(r1), 1.0f, dP + r0 * S + E, int(S),
+                      kg, int(GD), 1.0f, dqh + r0 * HD, int(HD));
+          cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(r1), int(D), int(rows), 1.0f, dP + r0 * S + E, int(S),
                       qh + r0 * HD, int(HD), 1.0f, dkg, int(GD));
+          if (ne > 0) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(rows), int(D), int(ne), 1.0f, dP + r0 * S, int(S),
+                        ext.k + eoff, int(GD), 1.0f, dqh + r0 * HD, int(HD));
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(ne), int(D), int(rows), 1.0f, dP + r0 * S, int(S),
+                        qh + r0 * HD, int(HD), 1.0f, ext.dk + eoff, int(GD));
+          }
         }
       }
     }

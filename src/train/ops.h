@@ -39,28 +39,52 @@ void matmul_forward(float* out, const float* inp, const float* weight, int64_t N
 void matmul_backward(float* dinp, float* dweight, const float* dout, const float* inp, const float* weight, int64_t N,
                      int64_t IC, int64_t OC, ThreadPool* pool);
 
-// ---- rope: rotate adjacent pairs (2i, 2i+1) of every head by angle t·theta^(−2i/D), t = the
-// row's position in its sequence. In place on x (B,T,nh,D).
+// ---- rope: rotate adjacent pairs (2i, 2i+1) of every head by angle (pos0 + t)·theta^(−2i/D),
+// t = the row's index in its sequence. In place on x (B,T,nh,D).
 struct RopeTable {
   int64_t T = 0, D = 0;
   std::vector<float> cos, sin;  // (T, D/2), angles computed in double as m3::rope does
 };
-RopeTable rope_table(int64_t T, int64_t D, float theta);
+RopeTable rope_table(int64_t T, int64_t D, float theta, int64_t pos0 = 0);
 void rope_forward(float* x, const RopeTable& rope, int64_t B, int64_t nh);
 void rope_backward(float* dx, const RopeTable& rope, int64_t B, int64_t nh);
 
-// ---- causal grouped-query attention
-//   q (B,T,H,D), k v (B,T,G,D), out (B,T,H,D), att (B,H,T,T) softmax probabilities saved
-//   out[b,t,h] = Σ_{s≤t} att[b,h,t,s] · v[b,s,g],  att[b,h,t,:] = softmax_s(q[b,t,h]·k[b,s,g]/√D),
-//   g = h / (H/G). att[b,h,t,s] for s > t is 0 up to the end of t's 64-row block, unspecified after.
-// Forward splits (b, h) over the pool; backward splits (b, g) so the query group's dk/dv sums
-// stay in one thread. scratch: attention_scratch_floats(T, pool) floats.
-int64_t attention_scratch_floats(int64_t T, const ThreadPool* pool);
+// ---- causal grouped-query attention, optionally beside external keys and values
+//   q (B,T,H,D), k v (B,T,G,D), out (B,T,H,D); g = h / (H/G).
+//   Query rows go in blocks of `block` rows (a retrieval chunk). Rows of block c of sequence b
+//   attend, in ONE softmax, to the block's external rows (AttentionExt: the prefix and the
+//   chunk's memories, already rotated) and to their own causal keys s ≤ t:
+//     out[b,t,h] = Σ_e att[b,h,t,e]·ext_v[b,c,e,g] + Σ_{s≤t} att[b,h,t,E+s]·v[b,s,g]
+//   att (B,H,T,S) with S = E + T, E = ext.max_rows: columns [0, ext rows) the external keys,
+//   [E, E+t] the own keys; the rest is 0 up to the end of t's block, unspecified after.
+// Forward splits (b, h) over the pool; backward splits (b, g) so the query group's dk/dv (and
+// d ext) sums stay in one thread. scratch: attention_scratch_floats(T, E, pool) floats.
+struct AttentionExt {
+  int64_t block = 64;          // query rows per block; every block has its own external rows
+  int64_t max_rows = 0;        // E: external rows per block at most (0: plain causal attention)
+  const float* k = nullptr;    // (B, n_blocks, E, G·D), n_blocks = ceil(T / block)
+  const float* v = nullptr;
+  const int32_t* rows = nullptr;  // (B, n_blocks): the block's external rows in use (≤ E)
+  float* dk = nullptr;         // backward adds d k, d v of the external rows here (same layout)
+  float* dv = nullptr;
+};
+int64_t attention_scratch_floats(int64_t T, int64_t E, const ThreadPool* pool);
 void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t B, int64_t T,
-                       int64_t H, int64_t G, int64_t D, ThreadPool* pool);
+                       int64_t H, int64_t G, int64_t D, const AttentionExt& ext, ThreadPool* pool);
 void attention_backward(float* dq, float* dk, float* dv, float* scratch, const float* dout, const float* q, const float* k,
                         const float* v, const float* att, int64_t B, int64_t T, int64_t H, int64_t G, int64_t D,
-                        ThreadPool* pool);
+                        const AttentionExt& ext, ThreadPool* pool);
+// Plain causal attention (no external rows, blocks of 64): att (B,H,T,T).
+inline int64_t attention_scratch_floats(int64_t T, const ThreadPool* pool) { return attention_scratch_floats(T, 0, pool); }
+inline void attention_forward(float* out, float* att, const float* q, const float* k, const float* v, int64_t B,
+                              int64_t T, int64_t H, int64_t G, int64_t D, ThreadPool* pool) {
+  attention_forward(out, att, q, k, v, B, T, H, G, D, AttentionExt{}, pool);
+}
+inline void attention_backward(float* dq, float* dk, float* dv, float* scratch, const float* dout, const float* q,
+                               const float* k, const float* v, const float* att, int64_t B, int64_t T, int64_t H,
+                               int64_t G, int64_t D, ThreadPool* pool) {
+  attention_backward(dq, dk, dv, scratch, dout, q, k, v, att, B, T, H, G, D, AttentionExt{}, pool);
+}
 
 // ---- swiglu: out = silu(gate) · up, silu(g) = g·σ(g)     all (n) elementwise
 void swiglu_forward(float* out, const float* gate, const float* up, int64_t n, ThreadPool* pool);

@@ -26,10 +26,11 @@ Schema schema(TrainConfig& c) {
         {"init", &c.init}}},
       {"data", {{"dir", &c.data}}},
       {"train",
-       {{"batch", &c.batch}, {"seq_len", &c.seq_len}, {"grad_accum", &c.grad_accum}, {"steps", &c.steps},
+       {{"stage", &c.stage}, {"batch", &c.batch}, {"seq_len", &c.seq_len}, {"grad_accum", &c.grad_accum}, {"steps", &c.steps},
         {"tokens", &c.tokens}, {"lr", &c.lr}, {"min_lr", &c.min_lr}, {"warmup", &c.warmup},
         {"decay_fraction", &c.decay_fraction}, {"weight_decay", &c.weight_decay}, {"grad_clip", &c.grad_clip},
         {"beta1", &c.beta1}, {"beta2", &c.beta2}, {"seed", &c.seed}, {"threads", &c.threads}}},
+      {"memory", {{"kb", &c.kb}, {"retrieve_k", &c.retrieve_k}}},
       {"eval", {{"interval", &c.eval_interval}, {"tokens", &c.eval_tokens}}},
       {"checkpoint", {{"interval", &c.checkpoint_interval}, {"keep", &c.keep_checkpoints}}},
       {"output", {{"dir", &c.out}, {"export_type", &c.export_type}}},
@@ -174,6 +175,11 @@ void validate(const TrainConfig& c) {
   auto not_negative = [](int64_t v, const char* key) {
     if (v < 0) throw Error(std::string(key) + " must not be negative (got " + std::to_string(v) + ")");
   };
+  if (c.stage != 1 && c.stage != 2) throw Error("train.stage must be 1 or 2 (got " + std::to_string(c.stage) + ")");
+  if (c.stage == 2 && c.kb.empty()) throw Error("train.stage = 2 needs memory.kb: the knowledge base the chunks read");
+  if (c.stage == 2 && c.init.empty())
+    throw Error("train.stage = 2 needs model.init: stage 2 continues a stage-1 model (training with memory from scratch does not help, spec 4.2)");
+  positive(c.retrieve_k, "memory.retrieve_k");
   positive(c.batch, "train.batch");
   positive(c.seq_len, "train.seq_len");
   positive(c.grad_accum, "train.grad_accum");

@@ -1,4 +1,4 @@
-// The stage-1 training loop: data → TrainableModel → AdamW, with validation, a CSV log,
+// The training loop (stage 1, and stage 2 with memory): data → TrainableModel → AdamW, with validation, a CSV log,
 // atomic checkpoints and exact resume (m3/trainer.h).
 #include "m3/trainer.h"
 
@@ -18,6 +18,8 @@
 #include "m3/progress.h"
 #include "m3/thread_pool.h"
 #include "m3/token_dataset.h"
+#include "m3/tokenizer.h"
+#include "train/memory_batcher.h"
 
 namespace fs = std::filesystem;
 
@@ -138,8 +140,9 @@ TrainResult train(const TrainConfig& config_in, const TrainRunOptions& options) 
   TokenDataset data(cfg.data);
   ModelConfig mc;
   std::unique_ptr<TrainableModel> model;
+  std::unique_ptr<Model> init;  // stage 2 keeps it: its tokenizer splits and queries the knowledge base
   if (!cfg.init.empty()) {
-    auto init = Model::load(cfg.init);
+    init = Model::load(cfg.init);
     mc = init->config();
     if (mc.vocab_size != static_cast<int>(data.vocab_size()))
       throw Error(cfg.init + ": the model's vocabulary has " + std::to_string(mc.vocab_size) + " tokens, the dataset " + cfg.data +
@@ -153,6 +156,17 @@ TrainResult train(const TrainConfig& config_in, const TrainRunOptions& options) 
   if (cfg.seq_len > mc.context_length)
     throw Error("train.seq_len = " + std::to_string(cfg.seq_len) + " exceeds the model's context length " +
                 std::to_string(mc.context_length));
+  std::unique_ptr<MemoryBatcher> batcher;
+  if (cfg.stage == 2) {
+    const MemoryConfig& mem = mc.memory;
+    if (mem.memory_layers <= 0) throw Error(cfg.init + ": the model has no memory layers; stage 2 needs them");
+    if (!init->tokenizer()) throw Error(cfg.init + ": the model has no tokenizer; stage 2 needs it to retrieve");
+    const int64_t p = static_cast<int64_t>(init->tokenizer()->prefix_tokens(mem.prefix_text).size());
+    if (p + mem.reference_length + cfg.seq_len > mc.context_length)
+      throw Error("train.seq_len = " + std::to_string(cfg.seq_len) + ": with the prefix (" + std::to_string(p) +
+                  ") and the memory window (" + std::to_string(mem.reference_length) + ") it exceeds the model's context length " +
+                  std::to_string(mc.context_length));
+  }
   WindowSampler sampler(data.train(), cfg.seq_len, cfg.seed);
   const int64_t total_steps =
       cfg.steps > 0 ? cfg.steps : (cfg.tokens + cfg.tokens_per_step() - 1) / cfg.tokens_per_step();
@@ -204,6 +218,19 @@ TrainResult train(const TrainConfig& config_in, const TrainRunOptions& options) 
     truncate_log(log_path, 0);
   }
   model->set_thread_pool(&pool);
+  if (cfg.stage == 2) {
+    batcher = std::make_unique<MemoryBatcher>(*init, cfg.kb, (run / "kb").string(), cfg.retrieve_k, pool.size());
+    if (options.progress)
+      std::fprintf(stderr, "stage 2: %lld references from %s\n", static_cast<long long>(batcher->reference_count()), cfg.kb.c_str());
+  }
+  // One micro-batch: with memory in stage 2.
+  auto step_loss = [&](const int32_t* in, const int32_t* tg, int b, int t, int64_t denominator, bool backward) -> float {
+    if (batcher) {
+      const MemoryBatch mb = batcher->make(in, tg, b, t, &pool);
+      return backward ? model->memory_forward_backward(mb, denominator) : model->memory_loss(mb);
+    }
+    return backward ? model->forward_backward(in, tg, b, t, denominator) : model->loss(in, tg, b, t);
+  };
   if (options.on_start) options.on_start(result.resumed_at);
   const std::string tokenizer_proto = data.tokenizer_proto();
 
@@ -245,7 +272,7 @@ TrainResult train(const TrainConfig& config_in, const TrainRunOptions& options) 
         std::copy_n(data.val().begin() + first, T, inputs.begin() + static_cast<int64_t>(i) * T);
         std::copy_n(data.val().begin() + first + 1, T, targets.begin() + static_cast<int64_t>(i) * T);
       }
-      sum += static_cast<double>(model->loss(inputs.data(), targets.data(), b, T)) * b;
+      sum += static_cast<double>(step_loss(inputs.data(), targets.data(), b, T, 0, false)) * b;
       n += b;
     }
     return static_cast<float>(sum / static_cast<double>(n));
@@ -269,7 +296,7 @@ TrainResult train(const TrainConfig& config_in, const TrainRunOptions& options) 
     double loss_sum = 0;
     for (int a = 0; a < A; ++a) {
       sampler.fill((step * A + a) * B, B, inputs.data(), targets.data());
-      loss_sum += model->forward_backward(inputs.data(), targets.data(), B, T, static_cast<int64_t>(A) * B * T);
+      loss_sum += step_loss(inputs.data(), targets.data(), B, T, static_cast<int64_t>(A) * B * T, true);
     }
     const float lr = schedule.lr(step);
     const double norm = adam->step(*model, lr);
@@ -318,7 +345,7 @@ TrainResult train(const TrainConfig& config_in, const TrainRunOptions& options) 
     }
     result.model_path = out;
     PlotOptions plot;
-    plot.title = "stage 1: " + run.filename().string();
+    plot.title = "stage " + std::to_string(cfg.stage) + ": " + run.filename().string();
     plot.smooth = static_cast<int>(std::clamp<int64_t>(total_steps / 50, 1, 50));
     write_file_atomic((run / "loss.svg").string(), render_loss_svg({read_loss_log(log_path)}, plot));
   }

@@ -1,0 +1,125 @@
+#!/usr/bin/python3
+"""Invented facts for stage-2 training: the same relations and templates as the real facts
+(build.py), with made-up subjects and answers ("The capital of Velmorra is Quistane.").
+
+Why: a small model that sees the same few thousand real facts again and again learns them in its
+weights and never needs its memories. Invented facts are too many to memorize, and each appears in
+the training text only a few times, so the cheapest way to predict their answers is to read them
+from the memory the chunk retrieved: stage 2 then teaches the skill of reading memory. They
+are never asked in the evaluation; no invented subject is a real one.
+
+    /usr/bin/python3 tools/knowledge/synthetic.py --knowledge knowledge --out DIR [--facts N]
+
+writes DIR/kb.jsonl (one reference per invented fact, the kb template) and DIR/train.jsonl
+(documents of 4-8 renderings: the QA format and prose). Deterministic (fixed seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from build import DOC_FACTS, RELATIONS, kb_text, renderings  # noqa: E402
+from common import phrase_key  # noqa: E402
+
+SEED = 777
+RENDERINGS = 2  # per invented fact
+ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kl", "l", "m", "n", "p", "pr", "q", "r", "s", "st", "t",
+          "tr", "v", "z", "sh", "ch", "th", "w"]
+VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea", "io"]
+CODAS = ["", "", "", "n", "r", "l", "s", "m", "x", "nd", "rt"]
+CONTINENTS = ["Africa", "Asia", "Europe", "North America", "South America", "Oceania"]
+MONEY = ["franc", "dollar", "peso", "mark", "crown", "rupee", "dinar", "shilling", "lira", "real"]
+
+
+def word(rng, syllables):
+    w = "".join(rng.choice(ONSETS) + rng.choice(VOWELS) + rng.choice(CODAS) for _ in range(syllables))
+    return w[:1].upper() + w[1:]
+
+
+def name(rng):
+    return word(rng, rng.choice([2, 2, 3]))
+
+
+def letters(rng, n):
+    return "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZ") for _ in range(n))
+
+
+def invent(relation, rng):
+    """(subject, answer) for one invented fact of `relation`."""
+    if relation in ("country_capital", "region_capital"):
+        return name(rng), name(rng)
+    if relation == "country_currency":
+        return name(rng), name(rng) + " " + rng.choice(MONEY)
+    if relation == "country_continent":
+        return name(rng), rng.choice(CONTINENTS)
+    if relation == "country_code":
+        return name(rng), letters(rng, 3)
+    if relation == "country_calling_code":
+        return name(rng), "+" + str(rng.randint(20, 999))
+    if relation == "currency_code":
+        return name(rng) + " " + rng.choice(MONEY), letters(rng, 3)
+    if relation == "language_code":
+        return name(rng), letters(rng, 2).lower()
+    if relation == "element_symbol":
+        n = name(rng).rstrip("aeiou") + "ium"
+        return n.lower(), n[0] + rng.choice("abcdefghiklmnoprstuvxyz")
+    if relation == "element_number":
+        return (name(rng).rstrip("aeiou") + "ium").lower(), str(rng.randint(1, 180))
+    if relation == "element_discovery":
+        return (name(rng).rstrip("aeiou") + "ium").lower(), str(rng.randint(1600, 2020))
+    if relation == "airport_city":
+        return letters(rng, 3), name(rng)
+    if relation in ("birth_year", "death_year"):
+        return name(rng) + " " + name(rng), str(rng.randint(1500, 2000))
+    raise ValueError(relation)
+
+
+def main(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--knowledge", default="knowledge", help="the real facts (facts.jsonl) to stay clear of")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--facts", type=int, default=60000)
+    a = ap.parse_args(argv)
+    rng = random.Random(SEED)
+    real = set()
+    with open(os.path.join(a.knowledge, "facts.jsonl"), encoding="utf-8") as f:
+        for line in f:
+            fact = json.loads(line)
+            real.add(phrase_key(fact["subject"]))
+            real.add(phrase_key(fact["answer"]))
+    relations = sorted(RELATIONS)
+    facts, seen = [], set()
+    while len(facts) < a.facts:
+        rel = relations[len(facts) % len(relations)]
+        s, ans = invent(rel, rng)
+        key = (rel, phrase_key(s))
+        if key in seen or phrase_key(s) in real:  # answers may repeat real ones (years, continents)
+            continue
+        seen.add(key)
+        facts.append({"id": "synth:%s:%06d" % (rel, len(facts)), "relation": rel, "subject": s, "answer": ans})
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "kb.jsonl"), "w", encoding="utf-8") as f:
+        for fact in facts:
+            f.write(json.dumps({"id": fact["id"], "text": kb_text(fact), "source": "synthetic"}) + "\n")
+    items = []
+    for fact in facts:
+        items += renderings(fact, RENDERINGS, rng)
+    rng.shuffle(items)
+    n_docs = 0
+    with open(os.path.join(a.out, "train.jsonl"), "w", encoding="utf-8") as f:
+        i = 0
+        while i < len(items):
+            k = rng.randint(*DOC_FACTS)
+            f.write(json.dumps({"id": "synth-train:%06d" % n_docs, "text": "".join(items[i:i + k])}) + "\n")
+            i += k
+            n_docs += 1
+    print("synthetic: %d invented facts, %d training documents -> %s" % (len(facts), n_docs, a.out))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
