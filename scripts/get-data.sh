@@ -28,20 +28,7 @@ if [[ "${1:-}" == "--force" ]]; then force=(--force); shift; fi
 out="${1:-$root/data/corpus}"
 start_ns=$(date +%s%N)
 
-SUDO=""
-if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-apt_updated=0
-apt_install() {  # installs the named packages that are missing
-  local missing=()
-  for p in "$@"; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-  done
-  [[ ${#missing[@]} -eq 0 ]] && return 0
-  echo "get-data: installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  if [[ $apt_updated -eq 0 ]]; then $SUDO apt-get update -qq; apt_updated=1; fi
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
+source "$here/apt-install.sh"
 
 if [[ ! -x $python ]]; then apt_install python3; fi
 mapfile -t apt_packages < <($python "$clean" packages apt)

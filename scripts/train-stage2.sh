@@ -2,9 +2,11 @@
 # Stage-2 continual training with memory, end to end (needs the stage-1 model of
 # scripts/train-stage1.sh):
 #   1. scripts/get-knowledge.sh               fact tables → knowledge/ (committed; rebuilt only if missing)
-#   2. m3 data tokenize                       knowledge/train.jsonl + Moby-Dick → data/tokens/stage2-kb/
-#   3. m3 train -c configs/stage2-tiny.toml   (resumes when a run exists)       → runs/stage2-tiny/
-#   4. m3 plot                                the loss curves                   → runs/stage2-tiny/loss.svg
+#   2. tools/knowledge/synthetic.py           60,000 invented facts → data/knowledge-synth/; the training
+#                                             knowledge base data/knowledge-train/ = knowledge/kb.jsonl + theirs
+#   3. m3 data tokenize                       knowledge/train.jsonl + invented + Moby-Dick → data/tokens/stage2-kb/
+#   4. m3 train -c configs/stage2-tiny.toml   (resumes when a run exists)       → runs/stage2-tiny/
+#   5. m3 plot                                the loss curves                   → runs/stage2-tiny/loss.svg
 # Each step is skipped when its output is already there, so the script can be rerun after an
 # interruption (training continues from its last checkpoint). Usage: scripts/train-stage2.sh [CONFIG]
 set -euo pipefail
@@ -16,11 +18,19 @@ init=$(sed -n 's/^init = "\([^"]*\)".*/\1/p' "$config" | head -1)
 [[ -f $init ]] || { echo "$init is missing: run scripts/train-stage1.sh first" >&2; exit 1; }
 [[ -f knowledge/kb.jsonl ]] || scripts/get-knowledge.sh
 [[ -f data/corpus/moby-dick.jsonl ]] || scripts/get-data.sh data/corpus
+if [[ ! -f data/knowledge-train/synthetic-kb.jsonl ]]; then
+  echo "== invented facts"
+  /usr/bin/python3 tools/knowledge/synthetic.py --knowledge knowledge --out data/knowledge-synth
+  mkdir -p data/knowledge-train
+  cp knowledge/kb.jsonl data/knowledge-train/kb.jsonl
+  cp data/knowledge-synth/kb.jsonl data/knowledge-train/synthetic-kb.jsonl
+fi
 ds=data/tokens/stage2-kb
 if [[ ! -f $ds/dataset.json ]]; then
   echo "== tokenize the knowledge text"
   rm -rf "$ds"
-  $M3 data tokenize knowledge/train.jsonl data/corpus/moby-dick.jsonl -m "$init" -o "$ds" --val-fraction 0.02
+  $M3 data tokenize knowledge/train.jsonl data/knowledge-synth/train.jsonl data/corpus/moby-dick.jsonl -m "$init" \
+    -o "$ds" --val-fraction 0.02
 fi
 run=$(sed -n 's/^dir = "\(runs\/[^"]*\)".*/\1/p' "$config" | head -1)
 echo "== train stage 2 ($config → $run)"

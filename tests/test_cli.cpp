@@ -84,6 +84,20 @@ TEST(Cli, GenerateIsDeterministicForASeed) {
   EXPECT_GT(a.out.size(), std::string("Call me Ishmael.").size() + 8);
 }
 
+TEST(Cli, GenerateStopsBeforeAStopString) {
+  const std::string base = kM3 + " generate -m " + q(kData + "/test-q8_0.gguf") + " -p 'Call me Ishmael.' -n 24 --ignore-eos --greedy ";
+  const auto full = run(base);
+  ASSERT_EQ(full.exit_code, 0) << full.out;
+  const std::string completion = full.out.substr(std::string("Call me Ishmael.").size());
+  ASSERT_GT(completion.size(), 6u);
+  const std::string stop = completion.substr(3, 2);  // text the greedy completion reaches
+  const size_t cut = completion.find(stop);
+  const auto stopped = run(base + "--stop " + q(stop));
+  ASSERT_EQ(stopped.exit_code, 0) << stopped.out;
+  EXPECT_EQ(stopped.out, "Call me Ishmael." + completion.substr(0, cut) + "\n");
+  expect_error("generate -m " + q(kData + "/test-q8_0.gguf") + " -p x --stop ''", "empty stop string");
+}
+
 TEST(Cli, LogitsWritesNpyOfTokensByVocab) {
   test::TempDir dir;
   const auto r = run(kM3 + " logits -m " + q(kData + "/test-f32.gguf") + " -p 'Call me Ishmael.' -o " + q(dir.file("l.npy")) +

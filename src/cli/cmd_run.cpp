@@ -88,10 +88,12 @@ void register_generate(CLI::App& app) {
     bool greedy = false, stats = false, ignore_eos = false, show_memories = false, rag = false;
     std::string bank, retriever = "bm25";
     int cache_mb = 256, rag_references = 0;
+    std::vector<std::string> stop;
   };
   auto o = std::make_shared<Opts>();
   add_prompt_options(cmd, *o);
   cmd->add_option("-n,--n-predict", o->n, "Tokens to generate")->capture_default_str();
+  cmd->add_option("--stop", o->stop, "Stop before this text (repeatable; \\n is a newline)");
   add_sampler_options(cmd, o->sp);
   cmd->add_flag("--greedy", o->greedy, "Greedy decoding (same as --temp 0)");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep generating after the end-of-sequence token");
@@ -145,6 +147,19 @@ void register_generate(CLI::App& app) {
     go.max_tokens = o->n;
     go.sampler = o->sp;
     go.ignore_eos = o->ignore_eos;
+    for (const std::string& given : o->stop) {
+      std::string s;  // with "\n" (backslash, n) read as a newline
+      for (size_t i = 0; i < given.size(); ++i) {
+        if (given[i] == '\\' && i + 1 < given.size() && given[i + 1] == 'n') {
+          s += '\n';
+          ++i;
+        } else {
+          s += given[i];
+        }
+      }
+      if (s.empty()) throw Error("--stop: an empty stop string would end every completion at once");
+      go.stop.push_back(s);
+    }
     const std::string prompt = prompt_text(*o);
     std::fwrite(prompt.data(), 1, prompt.size(), stdout);
     std::fflush(stdout);

@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "m3/eval.h"
+#include "m3/xml.h"
 
 namespace m3 {
 
@@ -36,19 +37,6 @@ std::string cell(std::string s) {
   return out;
 }
 
-std::string xml(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      default: out += c;
-    }
-  }
-  return out;
-}
 
 std::string leakage_text(double t) {
   return t > 1.0 ? "off" : fmt("%.4g", t) + " (a reference with Eq. 6 overlap >= it is dropped)";
@@ -206,7 +194,7 @@ std::string eval_report_svg(const EvalReport& r) {
                     std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
   svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
   svg += "<text x=\"" + std::to_string(left) + "\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Accuracy per slice and mode (" +
-         xml(r.model_name) + ")</text>\n";
+         xml_escape(r.model_name) + ")</text>\n";
   // Legend.
   int lx = left;
   for (EvalMode m : r.modes) {
@@ -237,7 +225,7 @@ std::string eval_report_svg(const EvalReport& r) {
       const int h = static_cast<int>(std::lround(v * plot_h));
       const int x = gx + static_cast<int>(m) * bar;
       svg += "<rect x=\"" + std::to_string(x + 2) + "\" y=\"" + std::to_string(y0 - h) + "\" width=\"" + std::to_string(bar - 4) +
-             "\" height=\"" + std::to_string(h) + "\" fill=\"" + color(s->mode) + "\"><title>" + xml(groups[gi].label) + " " +
+             "\" height=\"" + std::to_string(h) + "\" fill=\"" + color(s->mode) + "\"><title>" + xml_escape(groups[gi].label) + " " +
              eval_mode_name(s->mode) + ": " + pct(s->accuracy) + "% of " + std::to_string(s->n) + "</title></rect>";
       svg += "<text x=\"" + std::to_string(x + bar / 2) + "\" y=\"" + std::to_string(y0 - h - 4) +
              "\" text-anchor=\"middle\" font-size=\"10\">" + fmt("%.1f", 100.0 * s->accuracy) + "</text>\n";
@@ -246,7 +234,7 @@ std::string eval_report_svg(const EvalReport& r) {
     const size_t fit = static_cast<size_t>(std::max(6, (group_w + gap) / 7));
     const std::string& label = groups[gi].label;
     svg += "<text x=\"" + std::to_string(gx + group_w / 2) + "\" y=\"" + std::to_string(y0 + 18) + "\" text-anchor=\"middle\">" +
-           xml(label.size() > fit ? label.substr(0, fit - 2) + ".." : label) + "</text>\n";
+           xml_escape(label.size() > fit ? label.substr(0, fit - 2) + ".." : label) + "</text>\n";
   }
   svg += "<text x=\"" + std::to_string(left) + "\" y=\"" + std::to_string(height - 14) +
          "\" fill=\"#555\">QA: exact match %; multiple choice: acc %</text>\n";

@@ -1,5 +1,6 @@
 // Training-log parsing and SVG loss curves; see m3/loss_plot.h.
 #include "m3/loss_plot.h"
+#include "m3/xml.h"
 
 #include <algorithm>
 #include <charconv>
@@ -91,23 +92,6 @@ std::string coord(double v) {
   return s;
 }
 
-std::string xml_escape(const std::string& s) {
-  std::string out;
-  for (char c : s) {
-    switch (c) {
-      case '&': out += "&amp;"; break;
-      case '<': out += "&lt;"; break;
-      case '>': out += "&gt;"; break;
-      case '"': out += "&quot;"; break;
-      case '\'': out += "&apos;"; break;
-      default:
-        // Control characters are not allowed in XML 1.0 text.
-        if (static_cast<unsigned char>(c) < 0x20 && c != '\t' && c != '\n') out += ' ';
-        else out += c;
-    }
-  }
-  return out;
-}
 
 // 1, 2 or 5 times a power of ten, near x (round) or at least x (ceiling).
 double nice_number(double x, bool round) {

@@ -10,8 +10,13 @@ are never asked in the evaluation; no invented subject is a real one.
 
     /usr/bin/python3 tools/knowledge/synthetic.py --knowledge knowledge --out DIR [--facts N]
 
-writes DIR/kb.jsonl (one reference per invented fact, the kb template) and DIR/train.jsonl
-(documents of 4-8 renderings: the QA format and prose). Deterministic (fixed seed).
+writes DIR/kb.jsonl (one reference per invented fact, the kb template) and DIR/train.jsonl:
+documents of 4-8 renderings (the QA format and prose), and "recall" documents (RECALL_SHARE of
+the facts) that state 1-3 facts with their kb sentence and then ask about them in the QA format.
+A tiny model pretrained on a few million tokens has not learned to copy a fact from its context
+yet; the recall documents teach that in context, and reading a memory is the same attention
+over keys and values that came from a reference (the window that states a fact never reads that
+fact's memory: its overlap is > 0.9). Deterministic (fixed seed).
 """
 
 from __future__ import annotations
@@ -23,11 +28,13 @@ import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build import DOC_FACTS, RELATIONS, kb_text, renderings  # noqa: E402
+from build import DOC_FACTS, RELATIONS, kb_text, qa_text, renderings  # noqa: E402
 from common import phrase_key  # noqa: E402
 
 SEED = 777
 RENDERINGS = 2  # per invented fact
+RECALL_SHARE = 0.7  # of the invented facts: stated, then asked, in one document
+RECALL_FACTS = (1, 3)  # facts per recall document
 ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kl", "l", "m", "n", "p", "pr", "q", "r", "s", "st", "t",
           "tr", "v", "z", "sh", "ch", "th", "w"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea", "io"]
@@ -106,18 +113,29 @@ def main(argv):
     with open(os.path.join(a.out, "kb.jsonl"), "w", encoding="utf-8") as f:
         for fact in facts:
             f.write(json.dumps({"id": fact["id"], "text": kb_text(fact), "source": "synthetic"}) + "\n")
+    n_recall = int(len(facts) * RECALL_SHARE)
+    docs = []
+    i = 0
+    while i < n_recall:  # state, then ask
+        group = facts[i:i + rng.randint(*RECALL_FACTS)]
+        i += len(group)
+        asked = group[:]
+        rng.shuffle(asked)
+        docs.append("".join(kb_text(g) + "\n" for g in group) + "".join(qa_text(g) for g in asked))
     items = []
-    for fact in facts:
+    for fact in facts[n_recall:]:
         items += renderings(fact, RENDERINGS, rng)
     rng.shuffle(items)
-    n_docs = 0
+    i = 0
+    while i < len(items):
+        k = rng.randint(*DOC_FACTS)
+        docs.append("".join(items[i:i + k]))
+        i += k
+    rng.shuffle(docs)
+    n_docs = len(docs)
     with open(os.path.join(a.out, "train.jsonl"), "w", encoding="utf-8") as f:
-        i = 0
-        while i < len(items):
-            k = rng.randint(*DOC_FACTS)
-            f.write(json.dumps({"id": "synth-train:%06d" % n_docs, "text": "".join(items[i:i + k])}) + "\n")
-            i += k
-            n_docs += 1
+        for d, text in enumerate(docs):
+            f.write(json.dumps({"id": "synth-train:%06d" % d, "text": text}) + "\n")
     print("synthetic: %d invented facts, %d training documents -> %s" % (len(facts), n_docs, a.out))
 
 
