@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded default: set up, build, then show explicit memory at work with the
 # committed demo model (models/memory3-tiny-kb.gguf: 1.9M parameters, stage 1 on public text,
-# stage 2 with memory; docs/results.md has how it was trained and how it scores):
+# stage 2 with memory; docs/results.md has how it was trained and how it scores — it has only
+# begun to read its memories):
 #   1. memorize the knowledge base knowledge/kb.jsonl (4,191 facts from Debian's fact tables) into
 #      a memory bank — one explicit memory per fact, written by the model;
 #   2. ask questions about facts that are ONLY in that knowledge base (never in any training text),
@@ -30,10 +31,12 @@ A:" -n 16 --greedy --stop '\n' --memories
 A:" -n 16 --greedy --stop '\n'
 }
 echo "== questions about facts that are only in the knowledge base"
+echo "(this 1.9M-parameter model has barely learned to read its memories: docs/results.md — the first"
+echo " three are among the few it answers with memory and not without; the fourth it gets wrong)"
+ask "On which continent is Andorra?"
+ask "In what year was praseodymium discovered?"
+ask "On which continent is North Macedonia?"
 ask "What is the capital of Burkina Faso?"
-ask "Which city does the airport code ABQ serve?"
-ask "In what year was Robert Treat Paine born?"
-ask "What is the currency of Monaco?"
 echo
 echo "== m3 eval: 200 memory-only questions — with memory, without, and RAG (references as text)"
 $M3 eval -m $MODEL --bank out/kb-bank --qa knowledge/questions/memory_only.jsonl --limit 200 --out out/eval

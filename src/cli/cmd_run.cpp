@@ -169,6 +169,7 @@ void register_generate(CLI::App& app) {
       return true;
     });
     std::printf("\n");
+    std::fflush(stdout);  // before the stats and memories on stderr
     if (o->stats) {
       const int gen = static_cast<int>(r.tokens.size());
       std::fprintf(stderr, "prompt: %zu tokens in %.3f s (%.1f tok/s); generated %d tokens in %.3f s (%.2f tok/s); %d threads\n",

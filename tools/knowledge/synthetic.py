@@ -12,11 +12,13 @@ are never asked in the evaluation; no invented subject is a real one.
 
 writes DIR/kb.jsonl (one reference per invented fact, the kb template) and DIR/train.jsonl:
 documents of 4-8 renderings (the QA format and prose), and "recall" documents (RECALL_SHARE of
-the facts) that state 1-3 facts with their kb sentence and then ask about them in the QA format.
-A tiny model pretrained on a few million tokens has not learned to copy a fact from its context
-yet; the recall documents teach that in context, and reading a memory is the same attention
-over keys and values that came from a reference (the window that states a fact never reads that
-fact's memory: its overlap is > 0.9). Deterministic (fixed seed).
+the facts) that state 1-3 facts with their kb sentence and then ask about them in the QA format,
+and "copy" documents that repeat a list of invented words. A tiny model pretrained on a few
+million tokens has no induction heads yet (it cannot continue "A B C. A B" with "C"), and without
+them it can neither copy from its context nor read a memory; repeated lists are the classic fast
+way to grow them, recall documents then teach looking a fact up in context, and reading a memory
+is the same attention over keys and values that came from a reference (the window that states a
+fact never reads that fact's memory: its overlap is > 0.9). Deterministic (fixed seed).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ SEED = 777
 RENDERINGS = 2  # per invented fact
 RECALL_SHARE = 0.7  # of the invented facts: stated, then asked, in one document
 RECALL_FACTS = (1, 3)  # facts per recall document
+COPY_DOCS = 25000  # documents that repeat a list of invented words (pure copying)
+COPY_WORDS = (4, 12)
 ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kl", "l", "m", "n", "p", "pr", "q", "r", "s", "st", "t",
           "tr", "v", "z", "sh", "ch", "th", "w"]
 VOWELS = ["a", "e", "i", "o", "u", "ai", "ou", "ea", "io"]
@@ -122,6 +126,10 @@ def main(argv):
         asked = group[:]
         rng.shuffle(asked)
         docs.append("".join(kb_text(g) + "\n" for g in group) + "".join(qa_text(g) for g in asked))
+    for _ in range(COPY_DOCS):  # a list, then the same list again (sometimes a third time)
+        words = " ".join(name(rng) for _ in range(rng.randint(*COPY_WORDS)))
+        opener = rng.choice(["List", "Names", "Words", "Code words", "Call signs"])
+        docs.append("%s: %s.\n" % (opener, words) + "Again: %s.\n" % words * rng.choice([1, 1, 2]))
     items = []
     for fact in facts[n_recall:]:
         items += renderings(fact, RENDERINGS, rng)
