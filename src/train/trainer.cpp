@@ -1,5 +1,5 @@
-// The training loop (stage 1, and stage 2 with memory): data → TrainableModel → AdamW, with validation, a CSV log,
-// atomic checkpoints and exact resume (m3/trainer.h).
+// The training loop (stage 1, and stage 2 with memory): data → TrainableModel → AdamW, with
+// validation, a CSV log, atomic checkpoints and exact resume (m3/trainer.h).
 #include "m3/trainer.h"
 
 #include <algorithm>
@@ -329,6 +329,12 @@ TrainResult train(const TrainConfig& config_in, const TrainRunOptions& options) 
       save_checkpoint(step, rec.elapsed_s);
   }
   if (options.progress) bar.finish();
+  if (batcher && options.progress) {
+    const MemoryBatcher::Stats& st = batcher->stats();
+    std::fprintf(stderr, "stage 2: %lld of %lld chunks read a reference of their own; %lld hits skipped as leaks (overlap > 0.9)\n",
+                 static_cast<long long>(st.with_reference), static_cast<long long>(st.chunks),
+                 static_cast<long long>(st.leaks_skipped));
+  }
   result.steps_done = step;
   result.final_val_loss = val_loss;
   result.finished = step >= total_steps;
