@@ -187,14 +187,17 @@ std::string eval_report_svg(const EvalReport& r) {
   const int n_modes = std::max<int>(1, static_cast<int>(r.modes.size()));
   const int bar = 36, gap = 28, left = 56, right = 24, top = 64, plot_h = 240, bottom = 64;
   const int group_w = n_modes * bar;
-  const int width = std::max(420, left + static_cast<int>(groups.size()) * (group_w + gap) + gap + right);
+  const std::string title = "Accuracy per slice and mode (" + r.model_name + ")";
+  // ~9 px per character of the 15 px bold title, so it is never cut
+  const int title_w = left + 9 * static_cast<int>(title.size()) + right;
+  const int width = std::max({420, title_w, left + static_cast<int>(groups.size()) * (group_w + gap) + gap + right});
   const int height = top + plot_h + bottom;
   auto color = [](EvalMode m) { return m == EvalMode::Memory ? "#2b6cb0" : m == EvalMode::Rag ? "#dd8a2e" : "#8a8a8a"; };
   std::string svg = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"" + std::to_string(width) + "\" height=\"" +
                     std::to_string(height) + "\" font-family=\"sans-serif\" font-size=\"12\">\n";
   svg += "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n";
-  svg += "<text x=\"" + std::to_string(left) + "\" y=\"22\" font-size=\"15\" font-weight=\"bold\">Accuracy per slice and mode (" +
-         xml_escape(r.model_name) + ")</text>\n";
+  svg += "<text x=\"" + std::to_string(left) + "\" y=\"22\" font-size=\"15\" font-weight=\"bold\">" + xml_escape(title) +
+         "</text>\n";
   // Legend.
   int lx = left;
   for (EvalMode m : r.modes) {
