@@ -63,6 +63,13 @@ class MemoryWriter {
   std::unique_ptr<Selector> selector_;
 };
 
+// The selection rule above for one layer and KV head g, in double: q holds n un-rotated query
+// rows (row stride q_stride; query head h at h·D), k n un-rotated key rows (stride k_stride; KV
+// head g at g·D); group = query heads per KV head. Returns the min(K, n) kept indices, ascending.
+// The oracle writer below and stage-2 training (src/train/memory_train.cpp) both select with it.
+std::vector<int32_t> select_kept_tokens(const float* q, int64_t q_stride, const float* k, int64_t k_stride, int64_t n, int g,
+                                        int group, int D, int K);
+
 namespace ref {
 // The oracle beside MemoryWriter: one plain scalar pass over prefix + reference with m3::ref
 // kernels (f64-accumulating matmul), causal attention written out, and selection in double.

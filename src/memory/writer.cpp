@@ -218,6 +218,31 @@ std::vector<ExplicitMemory> MemoryWriter::write_batch(const std::vector<std::vec
 
 // ---- reference path ------------------------------------------------------------------------------
 
+std::vector<int32_t> select_kept_tokens(const float* q, int64_t q_stride, const float* k, int64_t k_stride, int64_t n, int g,
+                                        int group, int D, int K) {
+  std::vector<double> s(static_cast<size_t>(group * n * n));  // [group][n][n]
+  for (int64_t hh = 0; hh < group; ++hh)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) {
+        const float* qi = q + i * q_stride + (int64_t(g) * group + hh) * D;
+        const float* kj = k + j * k_stride + int64_t(g) * D;
+        double dot = 0.0;
+        for (int64_t d = 0; d < D; ++d) dot += double(qi[d]) * double(kj[d]);
+        s[size_t((hh * n + i) * n + j)] = dot / std::sqrt(double(D));
+      }
+  const double shift = *std::max_element(s.begin(), s.end());
+  std::vector<double> w(static_cast<size_t>(n), 0.0);
+  for (int64_t hh = 0; hh < group; ++hh)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t j = 0; j < n; ++j) w[size_t(j)] += std::exp(s[size_t((hh * n + i) * n + j)] - shift);
+  std::vector<int32_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int32_t a, int32_t b) { return w[size_t(a)] > w[size_t(b)] || (w[size_t(a)] == w[size_t(b)] && a < b); });
+  order.resize(size_t(std::min<int64_t>(K, n)));
+  std::sort(order.begin(), order.end());
+  return order;
+}
+
 namespace ref {
 
 ExplicitMemory write_memory(const Model& model, std::span<const int32_t> reference) {
@@ -253,26 +278,7 @@ ExplicitMemory write_memory(const Model& model, std::span<const int32_t> referen
 
     // Selection for this layer, in double, over the reference rows p..N−1 only.
     for (int64_t g = 0; g < G; ++g) {
-      std::vector<double> s(static_cast<size_t>(group * T * T));  // [group][T][T]
-      for (int64_t hh = 0; hh < group; ++hh)
-        for (int64_t i = 0; i < T; ++i)
-          for (int64_t j = 0; j < T; ++j) {
-            const float* qi = &q_raw[(p + i) * Q + (g * group + hh) * D];
-            const float* kj = &k_raw[(p + j) * KV + g * D];
-            double dot = 0.0;
-            for (int64_t d = 0; d < D; ++d) dot += double(qi[d]) * double(kj[d]);
-            s[(hh * T + i) * T + j] = dot / std::sqrt(double(D));
-          }
-      const double shift = *std::max_element(s.begin(), s.end());
-      std::vector<double> w(static_cast<size_t>(T), 0.0);
-      for (int64_t hh = 0; hh < group; ++hh)
-        for (int64_t i = 0; i < T; ++i)
-          for (int64_t j = 0; j < T; ++j) w[j] += std::exp(s[(hh * T + i) * T + j] - shift);
-      std::vector<int> order(static_cast<size_t>(T));
-      std::iota(order.begin(), order.end(), 0);
-      std::sort(order.begin(), order.end(), [&](int a, int b) { return w[a] > w[b] || (w[a] == w[b] && a < b); });
-      order.resize(size_t(std::min(K, T)));
-      std::sort(order.begin(), order.end());
+      const std::vector<int32_t> order = select_kept_tokens(&q_raw[p * Q], Q, &k_raw[p * KV], KV, T, int(g), int(group), int(D), int(K));
       for (size_t slot = 0; slot < order.size(); ++slot) {
         const int64_t j = order[slot], at = (int64_t(l) * G + g) * K + int64_t(slot);
         m.positions[at] = static_cast<int16_t>(j);

@@ -12,11 +12,10 @@
 // backward: head → context (d ext rows) → scatter to the references' and the prefix's keys and
 // values → reference stack (d prefix rows) → prefix stack.
 #include <algorithm>
-#include <cmath>
 #include <cstring>
-#include <numeric>
 
 #include "m3/error.h"
+#include "m3/memory_writer.h"
 #include "m3/train.h"
 #include "train/activations.h"
 
@@ -24,42 +23,6 @@ namespace m3 {
 
 using namespace train;
 
-namespace {
-
-// The kept tokens of one reference at one (layer, KV head) — decisions.md "Writing a memory":
-// w_j = Σ_i Σ_{h in the group} exp(q_i,h · k_j / √D − c), un-rotated, i and j over the n
-// reference rows, c the largest score; the top K (ties: lower j), ascending.
-void select_tokens(const float* q, const float* k, int n, int g, int H, int G, int D, int K, int32_t* out) {
-  const int HD = H * D, GD = G * D, group = H / G;
-  const double scale = 1.0 / std::sqrt(double(D));
-  std::vector<double> scores(static_cast<size_t>(n) * group * n);
-  double mx = -INFINITY;
-  size_t at = 0;
-  for (int i = 0; i < n; ++i)
-    for (int h = g * group; h < (g + 1) * group; ++h)
-      for (int j = 0; j < n; ++j) {
-        const float* qi = q + int64_t(i) * HD + h * D;
-        const float* kj = k + int64_t(j) * GD + g * D;
-        double dot = 0;
-        for (int d = 0; d < D; ++d) dot += double(qi[d]) * kj[d];
-        scores[at++] = dot * scale;
-        mx = std::max(mx, dot * scale);
-      }
-  std::vector<double> w(static_cast<size_t>(n), 0.0);
-  at = 0;
-  for (int i = 0; i < n; ++i)
-    for (int h = 0; h < group; ++h)
-      for (int j = 0; j < n; ++j) w[static_cast<size_t>(j)] += std::exp(scores[at++] - mx);
-  std::vector<int32_t> order(static_cast<size_t>(n));
-  std::iota(order.begin(), order.end(), 0);
-  const int kc = std::min(K, n);
-  std::partial_sort(order.begin(), order.begin() + kc, order.end(),
-                    [&](int32_t a, int32_t b) { return w[size_t(a)] != w[size_t(b)] ? w[size_t(a)] > w[size_t(b)] : a < b; });
-  std::sort(order.begin(), order.begin() + kc);
-  for (int s = 0; s < K; ++s) out[s] = s < kc ? order[size_t(s)] : -1;
-}
-
-}  // namespace
 
 const std::vector<int32_t>& TrainableModel::kept_tokens(int r, int l, int g) const {
   if (!mem_ || r < 0 || r >= mem_->R || l < 0 || l >= config_.memory.memory_layers || g < 0 || g >= config_.n_kv_heads)
@@ -168,8 +131,10 @@ float TrainableModel::memory_forward(const MemoryBatch& bt) {
       parallel(pool_, int64_t(R) * G, [&](int64_t i0, int64_t i1) {
         for (int64_t i = i0; i < i1; ++i) {
           const int r = int(i / G), g = int(i % G);
-          select_tokens(q + int64_t(r) * Tr * H * D, k + int64_t(r) * Tr * GD, M.ref_len[size_t(r)], g, H, G, D, K,
-                        M.kept.data() + ((int64_t(r) * Lm + l) * G + g) * K);
+          // the inference writer's rule (m3/memory_writer.h), so training writes the same memories
+          const std::vector<int32_t> kept =
+              select_kept_tokens(q + int64_t(r) * Tr * H * D, H * D, k + int64_t(r) * Tr * GD, GD, M.ref_len[size_t(r)], g, H / G, D, K);
+          std::copy(kept.begin(), kept.end(), M.kept.begin() + ((int64_t(r) * Lm + l) * G + g) * K);
         }
       });
     };
