@@ -15,6 +15,8 @@ PACKAGES=(
   libcpp-httplib-dev              # m3 serve (a compiled library in Debian: linked, not header-only)
   libgtest-dev libgmock-dev libbenchmark-dev librapidcheck-dev
   python3-numpy python3-torch python3-sentencepiece   # the PyTorch oracle (run with /usr/bin/python3)
+  redis-server libhiredis-dev     # the Redis Cluster memory payload backend and its test cluster
+  clang libclang-rt-14-dev        # libFuzzer targets (fuzz/, -fsanitize=fuzzer)
 )
 
 missing=()

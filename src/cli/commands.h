@@ -27,6 +27,7 @@ void register_plot(CLI::App& app);      // cmd_plot.cpp
 void register_serve(CLI::App& app);     // cmd_serve.cpp
 void register_chat(CLI::App& app);      // cmd_chat.cpp
 void register_eval(CLI::App& app);      // cmd_eval.cpp
+void register_bench(CLI::App& app);     // cmd_bench.cpp
 
 // --seed --temp --top-k --top-p --min-p --repeat-penalty --repeat-last-n (generate, chat).
 void add_sampler_options(CLI::App* cmd, SamplerParams& sp);

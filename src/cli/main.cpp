@@ -34,6 +34,7 @@ int main(int argc, char** argv) {
   m3::cli::register_serve(app);
   m3::cli::register_chat(app);
   m3::cli::register_eval(app);
+  m3::cli::register_bench(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

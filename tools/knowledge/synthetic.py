@@ -95,8 +95,11 @@ def main(argv):
     ap.add_argument("--knowledge", default="knowledge", help="the real facts (facts.jsonl) to stay clear of")
     ap.add_argument("--out", required=True)
     ap.add_argument("--facts", type=int, default=60000)
+    ap.add_argument("--copy-docs", type=int, default=COPY_DOCS)
+    ap.add_argument("--seed", type=int, default=SEED, help="another seed gives another, disjoint-in-practice set")
+    ap.add_argument("--id-prefix", default="synth", help="fact ids are PREFIX:relation:n")
     a = ap.parse_args(argv)
-    rng = random.Random(SEED)
+    rng = random.Random(a.seed)
     real = set()
     with open(os.path.join(a.knowledge, "facts.jsonl"), encoding="utf-8") as f:
         for line in f:
@@ -112,7 +115,7 @@ def main(argv):
         if key in seen or phrase_key(s) in real:  # answers may repeat real ones (years, continents)
             continue
         seen.add(key)
-        facts.append({"id": "synth:%s:%06d" % (rel, len(facts)), "relation": rel, "subject": s, "answer": ans})
+        facts.append({"id": "%s:%s:%06d" % (a.id_prefix, rel, len(facts)), "relation": rel, "subject": s, "answer": ans})
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "kb.jsonl"), "w", encoding="utf-8") as f:
         for fact in facts:
@@ -126,7 +129,7 @@ def main(argv):
         asked = group[:]
         rng.shuffle(asked)
         docs.append("".join(kb_text(g) + "\n" for g in group) + "".join(qa_text(g) for g in asked))
-    for _ in range(COPY_DOCS):  # a list, then the same list again (sometimes a third time)
+    for _ in range(a.copy_docs):  # a list, then the same list again (sometimes a third time)
         words = " ".join(name(rng) for _ in range(rng.randint(*COPY_WORDS)))
         opener = rng.choice(["List", "Names", "Words", "Code words", "Call signs"])
         docs.append("%s: %s.\n" % (opener, words) + "Again: %s.\n" % words * rng.choice([1, 1, 2]))
@@ -143,7 +146,7 @@ def main(argv):
     n_docs = len(docs)
     with open(os.path.join(a.out, "train.jsonl"), "w", encoding="utf-8") as f:
         for d, text in enumerate(docs):
-            f.write(json.dumps({"id": "synth-train:%06d" % d, "text": text}) + "\n")
+            f.write(json.dumps({"id": "%s-train:%06d" % (a.id_prefix, d), "text": text}) + "\n")
     print("synthetic: %d invented facts, %d training documents -> %s" % (len(facts), n_docs, a.out))
 
 
