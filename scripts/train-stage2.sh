@@ -5,13 +5,13 @@
 #   2. tools/knowledge/synthetic.py           60,000 invented facts → data/knowledge-synth/; the training
 #                                             knowledge base data/knowledge-train/ = knowledge/kb.jsonl + theirs
 #   3. m3 data tokenize                       knowledge/train.jsonl + invented + Moby-Dick → data/tokens/stage2-kb/
-#   4. m3 train -c configs/stage2-tiny.toml   (resumes when a run exists)       → runs/stage2-tiny/
+#   4. m3 train -c CONFIG (default configs/stage2-tiny8.toml; resumes when a run exists) → its [output] dir
 #   5. m3 plot                                the loss curves                   → runs/stage2-tiny/loss.svg
 # Each step is skipped when its output is already there, so the script can be rerun after an
 # interruption (training continues from its last checkpoint). Usage: scripts/train-stage2.sh [CONFIG]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-config="${1:-configs/stage2-tiny.toml}"
+config="${1:-configs/stage2-tiny8.toml}"
 M3=build/release/m3
 [[ -x $M3 ]] || { scripts/setup.sh; scripts/build.sh release; }
 init=$(sed -n 's/^init = "\([^"]*\)".*/\1/p' "$config" | head -1)
