@@ -9,7 +9,9 @@
 //   prefill 128     the reference over the cached prefix (the writer's own forward work)
 //   write           MemoryWriter::write (forward + selection + copying the kept keys and values)
 //   write+append    write, then MemoryBank::append with bf16 codes (what `m3 memorize` does per reference)
-// "vs prefill" is each row's references/s over the "prefill p+128" row's.
+// "vs prefill" is each row's references/s over the "prefill p+128" row's; GFLOP/s counts the
+// forward pass (m3::bench::forward_flops: matrices, causal attention) and is compared with the
+// sgemm peak measured in the same run (m3/probe.h). `m3 bench` runs the first and third rows.
 //
 // Usage: bench_memorize [--model PATH | --preset memory3-small] [--type f32] [--threads 2]
 //                       [--refs 32] [--runs 5] [--tokenizer PATH] [--cache-dir /tmp/m3-bench]
@@ -30,6 +32,7 @@
 #include "m3/forward.h"
 #include "m3/memory_writer.h"
 #include "m3/model.h"
+#include "m3/probe.h"
 #include "m3/tokenizer.h"
 #include "bench_util.h"
 
@@ -180,18 +183,21 @@ int main(int argc, char** argv) {
     }
     fs::remove_all(bank_dir);
 
-    const double base = median(r_full);
-    std::printf("%-44s %10s %12s %11s\n", "", "refs/s", "tokens/s", "vs prefill");
-    auto row = [&](const char* name, double rps, int tokens) {
-      std::printf("%-44s %10.1f %12.0f %10.2fx\n", name, rps, rps * tokens, rps / base);
+    const double base = median(r_full), peak = measure_sgemm_peak(threads);
+    const double f_full = bench::forward_flops(c, p + T, 0, Lm, 0), f_ref = bench::forward_flops(c, T, p, Lm, 0);
+    std::printf("sgemm peak %.1f GFLOP/s (%d threads, 2048^3)\n", peak, threads);
+    std::printf("%-44s %10s %12s %11s %9s %8s\n", "", "refs/s", "tokens/s", "vs prefill", "GFLOP/s", "of peak");
+    auto row = [&](const char* name, double rps, int tokens, double flops) {
+      std::printf("%-44s %10.1f %12.0f %10.2fx %9.1f %8.2f\n", name, rps, rps * tokens, rps / base, rps * flops / 1e9,
+                  rps * flops / 1e9 / peak);
     };
     char name[96];
     std::snprintf(name, sizeof name, "prefill p+%d (%d tokens), %d layers", T, p + T, Lm);
-    row(name, median(r_full), p + T);
+    row(name, median(r_full), p + T, f_full);
     std::snprintf(name, sizeof name, "prefill %d over the cached prefix, %d layers", T, Lm);
-    row(name, median(r_ref), T);
-    row("MemoryWriter::write", median(r_write), T);
-    row("write + MemoryBank::append (bf16) + fsync", median(r_append), T);
+    row(name, median(r_ref), T, f_ref);
+    row("MemoryWriter::write", median(r_write), T, f_ref);
+    row("write + MemoryBank::append (bf16) + fsync", median(r_append), T, f_ref);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "bench_memorize: error: %s\n", e.what());
     return 1;

@@ -25,8 +25,6 @@
 #include "m3/error.h"
 #include "m3/file_io.h"
 #include "m3/generate.h"
-#include "m3/knowledge.h"
-#include "m3/memory_writer.h"
 #include "m3/model.h"
 #include "m3/session.h"
 #include "bench_util.h"
@@ -40,12 +38,9 @@ using m3::bench::seconds_since;
 namespace {
 
 std::string source_dir() {
-  if (const char* d = std::getenv("M3_SOURCE_DIR")) return d;
-  std::error_code ec;
-  fs::path p = fs::read_symlink("/proc/self/exe", ec).parent_path();
-  for (int up = 0; up < 6 && !p.empty(); ++up, p = p.parent_path())
-    if (fs::exists(p / "data/embedded/moby-dick.txt")) return p.string();
-  throw Error("cannot find the source tree (set M3_SOURCE_DIR)");
+  const std::string d = bench::find_source_dir();
+  if (d.empty()) throw Error("cannot find the source tree (set M3_SOURCE_DIR)");
+  return d;
 }
 
 std::string default_model(const std::string& cache_dir, const std::string& src) {
@@ -60,32 +55,6 @@ std::string default_model(const std::string& cache_dir, const std::string& src) 
   quantize_model(path + ".f32.tmp", path, DType::Q8_0);
   fs::remove(path + ".f32.tmp");
   return path;
-}
-
-// A bf16 bank of the first `n` references of the embedded text, written once per model.
-std::string ensure_bank(const Model& model, ThreadPool& pool, const std::string& cache_dir, const std::string& src, int n) {
-  const std::string dir = cache_dir + "/bank-" + model.fingerprint().substr(0, 12);
-  if (MemoryBank::exists(dir)) {
-    try {
-      auto b = MemoryBank::open(dir, &model, false);
-      if (b->memory_count() == b->reference_count() && b->memory_count() >= n) return dir;
-    } catch (const Error& e) {
-      std::fprintf(stderr, "rebuilding the bench bank (%s)\n", e.what());
-    }
-    fs::remove_all(dir);
-  }
-  Document doc;
-  doc.id = "moby-dick";
-  doc.text = read_file(src + "/data/embedded/moby-dick.txt");
-  std::vector<ReferenceText> refs = split_into_references(doc, *model.tokenizer(), model.config().memory.reference_length);
-  if (static_cast<int>(refs.size()) > n) refs.resize(static_cast<size_t>(n));
-  auto bank = MemoryBank::create(dir, model, "bf16", "bf16");
-  bank->add_references({doc}, {refs});
-  MemoryWriter writer(model, &pool);
-  std::fprintf(stderr, "memorizing %zu references into %s...\n", refs.size(), dir.c_str());
-  for (size_t i = 0; i < refs.size(); ++i) bank->append(writer.write(refs[i].tokens, static_cast<int64_t>(i)));
-  bank->flush();
-  return dir;
 }
 
 }  // namespace
@@ -113,7 +82,9 @@ int main(int argc, char** argv) {
     const ModelConfig& c = model->config();
     const Tokenizer& tok = *model->tokenizer();
     ThreadPool pool(threads);
-    const std::string bank_dir = ensure_bank(*model, pool, cache_dir, src, 64);
+    const std::string bank_dir = cache_dir + "/bank-" + model->fingerprint().substr(0, 12);
+    const std::string text = read_file(src + "/data/embedded/moby-dick.txt");
+    bench::ensure_bank(*model, pool, bank_dir, text, 64);
     auto bank = MemoryBank::open(bank_dir, model.get(), false);
     BankRetriever retriever = open_bank_retriever(*bank, model.get(), "bm25", &pool);
     PrefixKV prefix(*model, &pool);
@@ -122,27 +93,15 @@ int main(int argc, char** argv) {
     BankMemorySource source(*bank, *retriever.retriever, nullptr, bo);  // no cache: every read from the bank
 
     // A 128-token prompt about the bank's text (so retrieval finds references).
-    const std::string text = read_file(src + "/data/embedded/moby-dick.txt");
     std::vector<int32_t> prompt = tok.encode(text.substr(20000, 4000), true);
     prompt.resize(128);
     std::printf("model %s: %s, %d threads; bank %lld memories (bf16), %d per chunk, cache off\n", model_path.c_str(),
                 c.summary().c_str(), threads, static_cast<long long>(bank->memory_count()), bo.per_chunk);
 
-    // 1. Decode speed: the same tokens through the session with and without memories.
-    std::vector<float> logits(static_cast<size_t>(c.vocab_size));
-    auto decode_rate = [&](MemorySource* mem) {
-      Session s(*model, &pool, &prefix, mem);
-      s.prompt(std::span<const int32_t>(prompt.data(), 64), logits.data());
-      const auto t0 = Clock::now();
-      for (int i = 0; i < decode_tokens; ++i) s.decode(prompt[64 + i % 64], logits.data());
-      return decode_tokens / std::chrono::duration<double>(Clock::now() - t0).count();
-    };
-    std::vector<double> with, without;
-    for (int r = 0; r < reps; ++r) {
-      without.push_back(decode_rate(nullptr));
-      with.push_back(decode_rate(&source));
-    }
-    const double dw = median(with), dn = median(without);
+    // 1. Decode speed: the same tokens through the session with and without memories
+    //    (m3::bench::measure_memory_decode, shared with `m3 bench`).
+    const bench::MemoryDecodeResult md = bench::measure_memory_decode(*model, pool, bank_dir, prompt, decode_tokens, reps);
+    const double dw = md.with_tok_s, dn = md.without_tok_s;
     std::printf("\ndecode (%d tokens after a 64-token prompt, chunks swap memories every 64 tokens):\n", decode_tokens);
     std::printf("  without memory   %8.2f tok/s\n  with memory      %8.2f tok/s   ratio %.3f   (goal >= 0.90; paper 0.65)\n", dn, dw, dw / dn);
 

@@ -16,7 +16,8 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev librapidcheck-dev
   python3-numpy python3-torch python3-sentencepiece   # the PyTorch oracle (run with /usr/bin/python3)
   redis-server libhiredis-dev     # the Redis Cluster memory payload backend and its test cluster
-  clang libclang-rt-14-dev        # libFuzzer targets (fuzz/, -fsanitize=fuzzer)
+  clang libclang-rt-14-dev        # the asan and fuzz presets: clang, ASan/UBSan, libFuzzer (fuzz/)
+  libomp-dev                      # OpenMP for clang (find_package(OpenMP); Debian's clang does not pull it in)
 )
 
 missing=()

@@ -1,5 +1,14 @@
 // The memory bank (records, manifest, catalog, crash safety, compaction) and the LRU cache.
 // Memories here are random numbers of the right shape; the memory writer has its own tests.
+//
+// One parameterized suite, Backends/BankTest, runs the same tests against both payload backends
+// (m3/record_store.h): File (records.bin) and RedisCluster (the bank written locally, pushed with
+// push_bank to a 6-node test cluster and opened from a fetched cache, every record read from the
+// cluster). Banks are always written locally: a pushed bank is read-only. BankFileOnly holds what
+// is inherently about the local files: append's checks, the manifest and directory errors, and
+// the torn-tail truncation of records.bin. The cluster is started once per test process, when a
+// RedisCluster test first needs it (tests/redis_test_cluster.h); without redis-server those
+// tests fail.
 #include <gtest/gtest.h>
 #include <sqlite3.h>
 #include <unistd.h>
@@ -10,10 +19,14 @@
 #include <thread>
 
 #include "m3/bank.h"
+#include "m3/bank_remote.h"
 #include "m3/dtype.h"
 #include "m3/error.h"
 #include "m3/memory_cache.h"
 #include "m3/model.h"
+#include "m3/redis_cluster.h"
+#include "bank_fixtures.h"
+#include "redis_test_cluster.h"
 #include "test_helpers.h"
 
 namespace m3 {
@@ -27,64 +40,10 @@ const Model& test_model() {
   return *model;
 }
 
+using test::Corpus;
 using test::error_of;
-
-// A memory of reference `id` with n_tokens tokens: sorted distinct kept positions, normal values.
-ExplicitMemory random_memory(const MemoryShape& s, int64_t id, int n_tokens, uint64_t seed) {
-  std::mt19937_64 rng(seed * 7919 + uint64_t(id));
-  std::normal_distribution<float> normal(0.0f, 1.5f);
-  ExplicitMemory m;
-  m.reference_id = id;
-  m.n_tokens = n_tokens;
-  m.resize(s);
-  const int used = m.kept_tokens(s);
-  std::vector<int16_t> all(static_cast<size_t>(n_tokens));
-  for (int i = 0; i < n_tokens; ++i) all[size_t(i)] = int16_t(i);
-  for (int64_t s0 = 0; s0 < s.slots(); s0 += s.kept) {
-    std::shuffle(all.begin(), all.end(), rng);
-    std::vector<int16_t> pick(all.begin(), all.begin() + used);
-    std::sort(pick.begin(), pick.end());
-    for (int k = 0; k < used; ++k) {
-      m.positions[size_t(s0 + k)] = pick[size_t(k)];
-      for (int d = 0; d < s.head_dim; ++d) {
-        m.keys[size_t((s0 + k) * s.head_dim + d)] = normal(rng);
-        m.values[size_t((s0 + k) * s.head_dim + d)] = normal(rng);
-      }
-    }
-  }
-  return m;
-}
-
-// Documents doc0..doc{n_docs-1}, each with refs_per_doc references of varying lengths.
-struct Corpus {
-  std::vector<Document> docs;
-  std::vector<std::vector<ReferenceText>> refs;
-  std::vector<int> n_tokens;  // by reference id
-};
-
-Corpus make_corpus(int n_docs, int refs_per_doc) {
-  Corpus c;
-  const std::vector<std::string> words = {"whale", "ship", "harpoon", "captain", "ocean"};
-  for (int d = 0; d < n_docs; ++d) {
-    Document doc{"doc" + std::to_string(d), "Title " + std::to_string(d), "src", ""};
-    std::vector<ReferenceText> refs;
-    for (int r = 0; r < refs_per_doc; ++r) {
-      ReferenceText rt;
-      rt.doc_id = doc.id;
-      rt.text = words[size_t(d) % words.size()] + " number" + std::to_string(d) + " part" + std::to_string(r);
-      rt.char_begin = int64_t(doc.text.size());
-      doc.text += rt.text + "\n\n";
-      rt.char_end = rt.char_begin + int64_t(rt.text.size());
-      const int n = 1 + (d * 37 + r * 11) % 128;  // 1..128 tokens, some shorter than K
-      for (int i = 0; i < n; ++i) rt.tokens.push_back(3 + i);
-      c.n_tokens.push_back(n);
-      refs.push_back(rt);
-    }
-    c.docs.push_back(doc);
-    c.refs.push_back(refs);
-  }
-  return c;
-}
+using test::make_corpus;
+using test::random_memory;
 
 std::string problems(const VerifyReport& v) {
   std::string out;
@@ -105,8 +64,74 @@ std::unique_ptr<MemoryBank> make_bank(const std::string& dir, const Corpus& c, i
   return bank;
 }
 
-TEST(Bank, RoundTripBf16AndReopen) {
+// ---- the backends --------------------------------------------------------------------------------
+
+enum class Backend { File, Redis };
+
+// The test process's cluster: started by the first RedisCluster test, stopped after the last.
+std::unique_ptr<test::RedisTestCluster> g_cluster;
+test::RedisTestCluster& cluster() {
+  if (!g_cluster) g_cluster = std::make_unique<test::RedisTestCluster>();
+  return *g_cluster;
+}
+class ClusterEnvironment : public ::testing::Environment {
+ public:
+  void TearDown() override { g_cluster.reset(); }
+};
+[[maybe_unused]] const auto* const g_env = ::testing::AddGlobalTestEnvironment(new ClusterEnvironment);
+
+class BankTest : public ::testing::TestWithParam<Backend> {
+ protected:
+  BankTest() {
+    static int tests = 0;
+    test_number_ = ++tests;
+  }
+  bool remote() const { return GetParam() == Backend::Redis; }
+
+  // The bank written in `dir`, opened read-only through the backend under test: the directory
+  // itself, or the bank pushed to the cluster as `name` (default: a fresh one) and opened from
+  // a cache directory, so that every record read goes to the cluster.
+  std::unique_ptr<MemoryBank> reader(const std::string& dir, const Model* model = nullptr, std::string name = "") {
+    if (!remote()) return MemoryBank::open(dir, model, false);
+    // One cluster serves every test of the process: names are unique per test.
+    name = "t" + std::to_string(test_number_) + "-" + (name.empty() ? "b" + std::to_string(++unnamed_) : name);
+    uri_ = cluster().uri(name);
+    last_push_ = push_bank(dir, uri_);
+    return open_bank_for_reading(uri_, model, tmp.file("cache-" + name));
+  }
+  // "bank <where>: record <id> is corrupted (checksum mismatch)" names this.
+  std::string where(const std::string& dir) const { return remote() ? uri_ : dir; }
+
+  // Replaces record `id`'s stored bytes: in records.bin, or the record's value in the cluster.
+  void store_record(const std::string& dir, int64_t id, int64_t record_size, const std::string& bytes) {
+    if (!remote()) {
+      std::string all = test::read_all(dir + "/records.bin");
+      all.replace(size_t(id * record_size), size_t(record_size), bytes);
+      test::write_all(dir + "/records.bin", all);  // same inode: an open bank sees it
+      return;
+    }
+    RedisCluster c(parse_redis_endpoints(cluster().seeds()));
+    const std::string key = RemoteBankKeys{RemoteBankUri::parse(uri_).bank}.record(id);
+    ASSERT_EQ(c.run(RedisCommand{{"SET", key, bytes}}).str, "OK");
+  }
+  std::string stored_record(const std::string& dir, int64_t id, int64_t record_size) {
+    if (!remote()) return test::read_all(dir + "/records.bin").substr(size_t(id * record_size), size_t(record_size));
+    RedisCluster c(parse_redis_endpoints(cluster().seeds()));
+    return c.get_many({RemoteBankKeys{RemoteBankUri::parse(uri_).bank}.record(id)})[0].str;
+  }
+
   test::TempDir tmp;
+  std::string uri_;
+  PushReport last_push_;
+  int test_number_ = 0, unnamed_ = 0;
+};
+
+INSTANTIATE_TEST_SUITE_P(Backends, BankTest, ::testing::Values(Backend::File, Backend::Redis),
+                         [](const ::testing::TestParamInfo<Backend>& i) {
+                           return std::string(i.param == Backend::File ? "File" : "RedisCluster");
+                         });
+
+TEST_P(BankTest, RoundTripBf16AndReopen) {
   const std::string dir = tmp.file("bank");
   const Corpus c = make_corpus(3, 4);
   const MemoryShape s = MemoryShape::of(test_model().config());
@@ -117,8 +142,14 @@ TEST(Bank, RoundTripBf16AndReopen) {
     EXPECT_EQ(bank->memory_count(), 12);
     EXPECT_EQ(fs::file_size(dir + "/records.bin"), uint64_t(12 * bank->record_size()));
   }
-  auto bank = MemoryBank::open(dir, &test_model(), false);
+  auto bank = reader(dir, &test_model());
   EXPECT_FALSE(bank->writable());
+  EXPECT_EQ(bank->is_remote(), remote());
+  if (remote()) {
+    EXPECT_EQ(last_push_.copied, 12);
+    EXPECT_EQ(last_push_.verified, 12);
+    EXPECT_TRUE(last_push_.replicated);
+  }
   ASSERT_EQ(bank->memory_count(), 12);
   for (int64_t id = 0; id < 12; ++id) {
     const ExplicitMemory want = random_memory(s, id, c.n_tokens[size_t(id)], 1);
@@ -140,17 +171,61 @@ TEST(Bank, RoundTripBf16AndReopen) {
   EXPECT_EQ(r.char_begin, c.refs[1][1].char_begin);
   EXPECT_FALSE(r.deleted);
   EXPECT_THROW(bank->read(12), Error);
+  EXPECT_THROW(bank->read_many({3, 12}), Error);
   EXPECT_THROW(bank->reference(99), Error);
-  EXPECT_TRUE(bank->verify().ok()) << problems(bank->verify());
+  const VerifyReport v = bank->verify();
+  EXPECT_TRUE(v.ok()) << problems(v);
+  EXPECT_EQ(v.records_checked, 12);
   EXPECT_THROW(bank->append(random_memory(s, 12, 5, 1)), Error);  // read-only
+  const BankInfo info = bank->info();
+  EXPECT_EQ(info.memories, 12);
+  EXPECT_EQ(info.records_file_bytes, 12 * bank->record_size());
+  EXPECT_EQ(info.payload, remote() ? uri_ : "records.bin");
+  EXPECT_EQ(bank->payload(), remote() ? uri_ : dir + "/records.bin");
+  // A bank opened a second time reads the same.
+  auto again = remote() ? open_bank_for_reading(uri_, nullptr, tmp.file("cache-again")) : MemoryBank::open(dir, nullptr, false);
+  EXPECT_EQ(again->read(7).keys, bank->read(7).keys);
 }
 
-TEST(Bank, F16AndInt8Codecs) {
-  test::TempDir tmp;
+// read_many is read() for every id, in order (duplicates and any order allowed), from many
+// threads at once.
+TEST_P(BankTest, ReadManyEqualsReadFromManyThreads) {
+  const std::string dir = tmp.file("bank");
+  const Corpus c = make_corpus(4, 10);
+  make_bank(dir, c, 40);
+  auto bank = reader(dir);
+  std::vector<ExplicitMemory> one;
+  for (int64_t id = 0; id < 40; ++id) one.push_back(bank->read(id));
+  std::atomic<int> checked{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t)
+    threads.emplace_back([&, t] {
+      std::mt19937 rng(static_cast<uint32_t>(t));
+      for (int i = 0; i < 50; ++i) {
+        std::vector<int64_t> ids;
+        for (int k = 0; k < 5; ++k) ids.push_back(int64_t(rng() % 40));
+        const std::vector<ExplicitMemory> got = bank->read_many(ids);
+        ASSERT_EQ(got.size(), ids.size());
+        for (size_t k = 0; k < ids.size(); ++k) {
+          ASSERT_EQ(got[k].reference_id, ids[k]);
+          ASSERT_EQ(got[k].positions, one[size_t(ids[k])].positions);
+          ASSERT_EQ(got[k].keys, one[size_t(ids[k])].keys);
+          ASSERT_EQ(got[k].values, one[size_t(ids[k])].values);
+          ++checked;
+        }
+      }
+    });
+  for (auto& th : threads) th.join();
+  EXPECT_EQ(checked.load(), 4 * 50 * 5);
+  EXPECT_TRUE(bank->read_many({}).empty());
+}
+
+TEST_P(BankTest, F16AndInt8Codecs) {
   const Corpus c = make_corpus(2, 3);
   const MemoryShape s = MemoryShape::of(test_model().config());
   for (const std::string codec : {"f16", "int8"}) {
-    auto bank = make_bank(tmp.file(codec), c, 6, codec);
+    make_bank(tmp.file(codec), c, 6, codec);
+    auto bank = reader(tmp.file(codec));
     EXPECT_EQ(bank->info().key_codec, codec);
     for (int64_t id = 0; id < 6; ++id) {
       const ExplicitMemory want = random_memory(s, id, c.n_tokens[size_t(id)], 1);
@@ -168,7 +243,9 @@ TEST(Bank, F16AndInt8Codecs) {
   }
 }
 
-TEST(Bank, AppendChecksItsInput) {
+// ---- file-only: a bank is written locally (a pushed bank is read-only) ----------------------------
+
+TEST(BankFileOnly, AppendChecksItsInput) {
   test::TempDir tmp;
   const Corpus c = make_corpus(1, 3);
   auto bank = MemoryBank::create(tmp.file("b"), test_model(), "bf16", "bf16");
@@ -189,7 +266,8 @@ TEST(Bank, AppendChecksItsInput) {
   EXPECT_EQ(bank->reference_count(), 3);
 }
 
-TEST(Bank, CreateOpenAndManifestErrors) {
+// The directory's own files (a pushed bank's errors are in test_redis_cluster.cpp).
+TEST(BankFileOnly, CreateOpenAndManifestErrors) {
   test::TempDir tmp;
   const std::string dir = tmp.file("bank");
   EXPECT_FALSE(MemoryBank::exists(dir));
@@ -226,42 +304,43 @@ TEST(Bank, CreateOpenAndManifestErrors) {
             std::string::npos);
 }
 
-TEST(Bank, CorruptedRecordIsReportedAndNeverReturned) {
-  test::TempDir tmp;
+// The bank checks every record it reads, whatever the backend: a flipped bit in records.bin or in
+// a value in the cluster gives the same error.
+TEST_P(BankTest, CorruptedRecordIsReportedAndNeverReturned) {
   const std::string dir = tmp.file("bank");
   const Corpus c = make_corpus(2, 4);
-  int64_t rs = 0;
-  {
-    auto bank = make_bank(dir, c, 8);
-    rs = bank->record_size();
-  }
-  std::string bytes = test::read_all(dir + "/records.bin");
-  bytes[size_t(3 * rs + rs / 2)] ^= 0x10;  // a bit in record 3's codes
-  bytes[size_t(6 * rs + 1)] ^= 0x01;       // record 6's magic
-  test::write_all(dir + "/records.bin", bytes);
-  auto bank = MemoryBank::open(dir, nullptr, false);
+  const int64_t rs = make_bank(dir, c, 8)->record_size();
+  auto bank = reader(dir);
+  std::string r3 = stored_record(dir, 3, rs), r6 = stored_record(dir, 6, rs);
+  ASSERT_EQ(int64_t(r3.size()), rs);
+  r3[size_t(rs / 2)] ^= 0x10;  // a bit in record 3's codes
+  r6[1] ^= 0x01;               // record 6's magic
+  store_record(dir, 3, rs, r3);
+  store_record(dir, 6, rs, r6);
   const VerifyReport v = bank->verify();
   EXPECT_EQ(v.corrupted, (std::vector<int64_t>{3, 6}));
   EXPECT_EQ(v.records_checked, 8);
   EXPECT_FALSE(v.ok());
-  EXPECT_NE(error_of([&] { bank->read(3); }).find("bank " + dir + ": record 3 is corrupted (checksum mismatch)"),
-            std::string::npos);
+  const std::string e = error_of([&] { bank->read(3); });
+  EXPECT_NE(e.find("bank " + where(dir) + ": record 3 is corrupted (checksum mismatch)"), std::string::npos) << e;
   EXPECT_THROW(bank->read(6), Error);
+  EXPECT_NE(error_of([&] { bank->read_many({2, 6, 7}); }).find("record 6 is corrupted"), std::string::npos);
   EXPECT_NO_THROW(bank->read(2));
   EXPECT_NO_THROW(bank->read(7));
 
-  // A record copied to the wrong slot has a valid checksum but the wrong id.
-  std::string moved = test::read_all(dir + "/records.bin");
-  moved.replace(size_t(1 * rs), size_t(rs), moved.substr(size_t(0), size_t(rs)));
-  test::write_all(dir + "/records.bin", moved);
-  auto bank2 = MemoryBank::open(dir, nullptr, false);
-  EXPECT_EQ(bank2->verify().corrupted, (std::vector<int64_t>{1, 3, 6}));
+  // A record copied to the wrong place has a valid checksum but the wrong id; a cut one is short.
+  store_record(dir, 1, rs, stored_record(dir, 0, rs));
+  EXPECT_EQ(bank->verify().corrupted, (std::vector<int64_t>{1, 3, 6}));
+  if (remote()) {
+    store_record(dir, 5, rs, stored_record(dir, 5, rs).substr(0, size_t(rs / 3)));
+    EXPECT_NE(error_of([&] { bank->read(5); }).find("record 5 is corrupted"), std::string::npos);
+  }
 }
 
 // Simulates a crash at every stage of an append: records.bin cut at many byte offsets (and a
 // zeroed last record, as after a power loss). Opening for write must resume at the last
 // complete record and finish with exactly the bytes of an uninterrupted build.
-TEST(Bank, TruncatedRecordsResumeToSameBytes) {
+TEST(BankFileOnly, TruncatedRecordsResumeToSameBytes) {
   test::TempDir tmp;
   const std::string dir = tmp.file("bank");
   const Corpus c = make_corpus(2, 3);
@@ -312,12 +391,14 @@ TEST(Bank, TruncatedRecordsResumeToSameBytes) {
   resume("zeroed last record");
 }
 
-TEST(Bank, DeleteAndCompact) {
-  test::TempDir tmp;
+// Deleting and compacting happen in the local bank; the backend under test then serves the
+// result (pushed again under the same name: the compacted records replace the old ones).
+TEST_P(BankTest, DeleteAndCompact) {
   const std::string dir = tmp.file("bank");
   const Corpus c = make_corpus(3, 3);
   const MemoryShape s = MemoryShape::of(test_model().config());
   auto bank = make_bank(dir, c, 8);  // reference 8 (doc2's last) is not memorized yet
+  const int64_t rs = bank->record_size();
 
   auto fts_ids = [&](const std::string& query) {
     sqlite3* db = nullptr;
@@ -352,6 +433,12 @@ TEST(Bank, DeleteAndCompact) {
 
   std::vector<ExplicitMemory> old;
   for (int64_t id : {0, 1, 2, 6, 7}) old.push_back(bank->read(id));
+  {
+    auto served = reader(dir, nullptr, "dc");  // tombstones are in the catalog it serves
+    EXPECT_TRUE(served->reference(4).deleted);
+    EXPECT_EQ(served->read(6).keys, old[3].keys);
+    EXPECT_EQ(served->info().deleted_references, 3);
+  }
   EXPECT_EQ(bank->compact(), 3);
   EXPECT_FALSE(fs::exists(dir + ".compact"));
   EXPECT_EQ(bank->reference_count(), 6);
@@ -370,6 +457,22 @@ TEST(Bank, DeleteAndCompact) {
   EXPECT_EQ(bank->reference(3).doc_id, "doc2");
   EXPECT_EQ(bank->reference(5).text, c.refs[2][2].text);
   EXPECT_EQ(fts_ids("part2"), (std::vector<int64_t>{2, 5}));
+  {
+    auto served = reader(dir, nullptr, "dc");
+    if (remote()) {
+      // Records 0..2 (doc0) kept their ids and bytes; 3 and 4 held doc1's before compaction.
+      EXPECT_EQ(last_push_.resumed_at, 5);
+      EXPECT_EQ(last_push_.rewritten, 2);
+      EXPECT_EQ(last_push_.copied, 2);
+    }
+    ASSERT_EQ(served->memory_count(), 5);
+    for (int64_t id = 0; id < 5; ++id) {
+      EXPECT_EQ(served->read(id).keys, old[size_t(id)].keys) << id;
+      EXPECT_EQ(stored_record(dir, id, rs), test::read_all(dir + "/records.bin").substr(size_t(id * rs), size_t(rs)));
+    }
+    EXPECT_EQ(served->reference(3).doc_id, "doc2");
+    EXPECT_TRUE(served->verify().ok()) << problems(served->verify());
+  }
   // Resuming after compaction: the unmemorized reference is now id 5.
   ExplicitMemory m5 = random_memory(s, 5, c.n_tokens[8], 2);
   bank->append(m5);
@@ -392,9 +495,8 @@ TEST(Bank, DeleteAndCompact) {
   EXPECT_TRUE(reopened->verify().ok()) << problems(reopened->verify());
 }
 
-TEST(Bank, InfoNumbers) {
+TEST_P(BankTest, InfoNumbers) {
   // The paper's 2.4B shape: 22 memory layers × 8 KV heads × 8 tokens × 80 dims.
-  test::TempDir tmp;
   BankModel paper{"0123456789abcdef", model_preset("memory3-2.4b")};
   const MemoryShape s = MemoryShape::of(paper.config);
   EXPECT_EQ(s.slots(), 1408);
@@ -410,14 +512,16 @@ TEST(Bank, InfoNumbers) {
   EXPECT_EQ(i.memories, 0);
   EXPECT_EQ(MemoryBank::record_bytes(s, 84, 84), 24 + 1408 * (1 + 168) + 8);  // int8 at D = 80
   bank.reset();
-  auto reopened = MemoryBank::open(tmp.file("paper"), nullptr, false);
+  auto reopened = reader(tmp.file("paper"));  // no memories yet: an empty bank pushes and serves too
+  EXPECT_EQ(reopened->memory_count(), 0);
   EXPECT_EQ(reopened->info().record_bytes, i.record_bytes);
   EXPECT_EQ(reopened->model().fingerprint, "0123456789abcdef");
   EXPECT_EQ(reopened->shape(), s);
   EXPECT_EQ(reopened->model().config.n_heads, 40);
 
   // The test model: Lm 1, G 2, K 8, D 16.
-  auto small = make_bank(tmp.file("small"), make_corpus(1, 2), 2);
+  make_bank(tmp.file("small"), make_corpus(1, 2), 2);
+  auto small = reader(tmp.file("small"));
   i = small->info();
   EXPECT_EQ(i.raw_bf16_bytes, 1 * 2 * 8 * 16 * 2 * 2);
   EXPECT_EQ(i.record_bytes, 24 + 16 + 16 * 32 * 2 + 8);
@@ -510,10 +614,11 @@ TEST(MemoryCache, ConcurrentUse) {
   EXPECT_LE(st.entries, 16u);
 }
 
-// Using a bank through the cache: decoded once, served from RAM after.
-TEST(MemoryCache, InFrontOfABank) {
-  test::TempDir tmp;
-  auto bank = make_bank(tmp.file("b"), make_corpus(1, 3), 3);
+// Using a bank through the cache: decoded once, served from RAM after; a chunk's misses are
+// loaded with one read_many.
+TEST_P(BankTest, CacheInFrontOfTheBank) {
+  make_bank(tmp.file("b"), make_corpus(1, 3), 3);
+  auto bank = reader(tmp.file("b"));
   MemoryCache cache(8);
   auto load = [&](int64_t id) { return bank->read(id); };
   const auto a = cache.get_or_load(2, load);
@@ -521,6 +626,18 @@ TEST(MemoryCache, InFrontOfABank) {
   EXPECT_EQ(a.get(), b.get());
   EXPECT_EQ(a->keys, bank->read(2).keys);
   EXPECT_EQ(cache.stats().hits, 1u);
+  std::vector<std::vector<int64_t>> loads;
+  const auto many = cache.get_or_load_many({0, 2, 1, 0}, [&](const std::vector<int64_t>& ids) {
+    loads.push_back(ids);
+    return bank->read_many(ids);
+  });
+  EXPECT_EQ(loads, (std::vector<std::vector<int64_t>>{{0, 1}}));
+  ASSERT_EQ(many.size(), 4u);
+  EXPECT_EQ(many[1].get(), a.get());
+  EXPECT_EQ(many[0].get(), many[3].get());
+  EXPECT_EQ(many[2]->keys, bank->read(1).keys);
+  EXPECT_EQ(cache.stats().hits, 2u);
+  EXPECT_EQ(cache.stats().misses, 3u);
 }
 
 }  // namespace

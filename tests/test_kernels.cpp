@@ -2,9 +2,11 @@
 // sizes, plus properties of the ops themselves (softmax sums to 1, rope is a rotation, ...).
 //
 // Error measure: NMSE = sum((fast - ref)^2) / sum(ref^2). Float paths differ from the reference only
-// in summation order (<= 1e-10). Quantized dots compute the same integers as the reference and
-// differ only in float accumulation order (<= 1e-10). The quantized GEMV also quantizes x to Q8_0,
-// which the f64 reference does not (<= 5e-4).
+// in summation order (<= 1e-10). The single-row quantized dots compute the same integers as the
+// reference and differ only in float accumulation order (<= 1e-10). The quantized GEMV (packed
+// 8-row layout, kernels.h) does the reference's steps in the reference's order and must equal
+// ref::dot_q8_0_q8_0 / ref::dot_q4_0_q8_0 bit for bit, packed or not, on any pool; against the
+// f64 ref::matmul it also carries x's Q8_0 quantization (<= 5e-4).
 #include <gtest/gtest.h>
 #include <rapidcheck/gtest.h>
 
@@ -69,6 +71,14 @@ Weight make_weight(DType t, int64_t N, int64_t K, uint32_t seed) {
     m3::quantize_row(t, w.data() + r * K, const_cast<void*>(out.view.row(r)), K);
   }
   return out;
+}
+
+// Gives w a packed copy (the layout Model::load makes for Q8_0/Q4_0); the buffer must outlive its use.
+m3::Buffer pack(Weight& w) {
+  m3::Buffer b(m3::packed_bytes(w.view));
+  m3::pack_weights(w.view, b.data(), nullptr);
+  w.view.packed = b.data();
+  return b;
 }
 
 // Pools shared by all tests: nullptr, 1, 2 and 3 threads (3 > cores on the 2-core target).
@@ -210,7 +220,18 @@ TEST_P(Matmul, MatchesReference) {
       const double tol = (quant && s.M == 1) ? 5e-4 : 1e-10;
       EXPECT_LE(nmse(y, ref), tol) << what;  // NaN (an unwritten output) fails this too
       if (!ref_q.empty()) {
-        EXPECT_LE(nmse(y, ref_q), 1e-10) << what << " vs integer-dot oracle";
+        EXPECT_EQ(y, ref_q) << what << " vs integer-dot oracle";
+      }
+      if (quant) {  // the same through the packed copy Model::load makes
+        m3::Buffer packed = pack(w);
+        std::vector<float> yp(ref.size(), std::nanf(""));
+        m3::matmul(w.view, x.data(), yp.data(), s.M, pool);
+        w.view.packed = nullptr;
+        if (s.M == 1) {
+          EXPECT_EQ(yp, ref_q) << what << ", packed";
+        } else {
+          EXPECT_EQ(yp, y) << what << ", packed";  // dequantized tiles are the same floats
+        }
       }
     }
   }
@@ -235,26 +256,167 @@ TEST(Matmul, DeterministicAcrossThreads) {
   }
 }
 
-// The quantized GEMV gives exactly the per-row dot kernels' results (the Q4_0 GEMV uses its own
-// two-row kernel, which must not change a bit), for odd row counts and every pool.
-TEST(Matmul, QuantizedGemvEqualsRowDots) {
+// The quantized GEMV gives exactly the reference's per-row dots (ref::dot_*_q8_0 with the same x
+// quantization), packed or packed on the fly, for row counts that leave a partial pack group,
+// odd block counts (a zero padding block), and every pool.
+TEST(Matmul, QuantizedGemvEqualsReferenceDots) {
   for (DType t : {DType::Q8_0, DType::Q4_0}) {
     for (int64_t K : {32, 96, 4128}) {
-      const int64_t N = 37;
-      Weight w = make_weight(t, N, K, 9);
-      const std::vector<float> x = randn(static_cast<size_t>(K), 10);
-      std::vector<BlockQ8_0> xq(static_cast<size_t>(K / 32));
-      m3::quantize_row(DType::Q8_0, x.data(), xq.data(), K);
-      std::vector<float> expect(static_cast<size_t>(N)), y(static_cast<size_t>(N));
-      for (int64_t r = 0; r < N; ++r) {
-        expect[r] = t == DType::Q8_0 ? m3::dot_q8_0_q8_0(static_cast<const BlockQ8_0*>(w.view.row(r)), xq.data(), K)
-                                     : m3::dot_q4_0_q8_0(static_cast<const BlockQ4_0*>(w.view.row(r)), xq.data(), K);
-      }
-      for (m3::ThreadPool* pool : pools()) {
-        m3::matmul(w.view, x.data(), y.data(), 1, pool);
-        EXPECT_EQ(y, expect) << m3::dtype_name(t) << " K=" << K << ", " << pool_name(pool);
+      for (int64_t N : {1, 8, 37, 64}) {
+        Weight w = make_weight(t, N, K, static_cast<uint32_t>(9 + N + K));
+        const std::vector<float> x = randn(static_cast<size_t>(K), 10);
+        std::vector<BlockQ8_0> xq(static_cast<size_t>(K / 32));
+        m3::quantize_row(DType::Q8_0, x.data(), xq.data(), K);
+        std::vector<float> expect(static_cast<size_t>(N));
+        for (int64_t r = 0; r < N; ++r) {
+          expect[r] = t == DType::Q8_0 ? m3::ref::dot_q8_0_q8_0(static_cast<const BlockQ8_0*>(w.view.row(r)), xq.data(), K)
+                                       : m3::ref::dot_q4_0_q8_0(static_cast<const BlockQ4_0*>(w.view.row(r)), xq.data(), K);
+        }
+        for (int packed = 0; packed < 2; ++packed) {
+          m3::Buffer keep;
+          if (packed) keep = pack(w);
+          for (m3::ThreadPool* pool : pools()) {
+            std::vector<float> y(static_cast<size_t>(N), std::nanf(""));
+            m3::matmul(w.view, x.data(), y.data(), 1, pool);
+            EXPECT_EQ(y, expect) << m3::dtype_name(t) << " N=" << N << " K=" << K << (packed ? " packed, " : ", ")
+                                 << pool_name(pool);
+          }
+        }
       }
     }
+  }
+}
+
+// matmul_shared (q, k, v in one pass) gives exactly what separate matmul calls give, for mixed
+// types and row counts that end inside a 16-row unit, packed or not, M == 1 and M > 1.
+TEST(Matmul, SharedEqualsSeparateCalls) {
+  const int64_t K = 96;
+  std::vector<Weight> ws;
+  const DType types[] = {DType::Q8_0, DType::F32, DType::Q4_0, DType::Q4_0, DType::F16};
+  const int64_t rows[] = {37, 16, 5, 64, 21};
+  for (int i = 0; i < 5; ++i) ws.push_back(make_weight(types[i], rows[i], K, static_cast<uint32_t>(70 + i)));
+  std::vector<m3::Buffer> keep;
+  for (int i = 2; i < 4; ++i) keep.push_back(pack(ws[static_cast<size_t>(i)]));  // two packed, one not
+  for (int64_t M : {1, 3}) {
+    const std::vector<float> x = randn(static_cast<size_t>(M * K), 80);
+    for (m3::ThreadPool* pool : pools()) {
+      std::vector<std::vector<float>> sep(5), shared(5);
+      std::vector<m3::MatmulTarget> targets;
+      for (size_t i = 0; i < 5; ++i) {
+        sep[i].assign(static_cast<size_t>(M * rows[i]), 0.0f);
+        shared[i].assign(static_cast<size_t>(M * rows[i]), std::nanf(""));
+        m3::matmul(ws[i].view, x.data(), sep[i].data(), M, pool);
+        targets.push_back({&ws[i].view, shared[i].data()});
+      }
+      m3::matmul_shared(targets, x.data(), M, pool);
+      for (size_t i = 0; i < 5; ++i) EXPECT_EQ(shared[i], sep[i]) << "matrix " << i << " M=" << M << ", " << pool_name(pool);
+    }
+  }
+}
+
+// Integer extremes through the packed GEMV with unit scales, where every result is an exact
+// integer: Q8_0 weights at -128 (ggml's quantizer never writes it, other files may) and 127
+// against activations at ±127, Q4_0 nibbles 0 and 15; expected values from plain integer sums.
+TEST(Matmul, QuantizedGemvIntegerExtremes) {
+  const int64_t N = 11, K = 96;
+  std::mt19937 rng(31);
+  std::uniform_int_distribution<int> q8(-128, 127), q4(0, 15);
+  // x = ±127 * s exactly quantizes to ±127 with scale s = 1 (fp16 1.0): Q8_0 takes d = amax/127.
+  std::vector<float> x(K);
+  for (int64_t c = 0; c < K; ++c) x[c] = (c % 3 == 0 ? -127.0f : (c % 3 == 1 ? 127.0f : static_cast<float>(q8(rng) / 2)));
+  for (int64_t b = 0; b < K / 32; ++b) x[b * 32] = -127.0f;  // keeps amax 127 per block
+  std::vector<BlockQ8_0> xq(K / 32);
+  m3::quantize_row(DType::Q8_0, x.data(), xq.data(), K);
+  for (const auto& b : xq) ASSERT_EQ(b.d, 0x3C00);
+  for (DType t : {DType::Q8_0, DType::Q4_0}) {
+    Weight w{m3::Buffer(m3::dtype_row_bytes(t, K) * N), {}};
+    w.view.name = "extremes";
+    w.view.type = t;
+    w.view.n_dims = 2;
+    w.view.ne = {K, N, 1, 1};
+    w.view.data = w.bytes.data();
+    std::vector<float> expect(N);
+    for (int64_t r = 0; r < N; ++r) {
+      long long e = 0;
+      for (int64_t b = 0; b < K / 32; ++b) {
+        if (t == DType::Q8_0) {
+          auto& blk = static_cast<BlockQ8_0*>(const_cast<void*>(w.view.row(r)))[b];
+          blk.d = 0x3C00;
+          for (int j = 0; j < 32; ++j) {
+            blk.qs[j] = static_cast<int8_t>(r == 0 ? -128 : (r == 1 ? 127 : q8(rng)));
+            e += blk.qs[j] * xq[b].qs[j];
+          }
+        } else {
+          auto& blk = static_cast<BlockQ4_0*>(const_cast<void*>(w.view.row(r)))[b];
+          blk.d = 0x3C00;
+          for (int j = 0; j < 16; ++j) {
+            blk.qs[j] = static_cast<uint8_t>(r == 0 ? 0x00 : (r == 1 ? 0xFF : (q4(rng) | q4(rng) << 4)));
+            e += ((blk.qs[j] & 0xF) - 8) * xq[b].qs[j] + ((blk.qs[j] >> 4) - 8) * xq[b].qs[j + 16];
+          }
+        }
+      }
+      expect[r] = static_cast<float>(e);
+    }
+    m3::Buffer keep = pack(w);
+    for (m3::ThreadPool* pool : pools()) {
+      std::vector<float> y(N);
+      m3::matmul(w.view, x.data(), y.data(), 1, pool);
+      EXPECT_EQ(y, expect) << m3::dtype_name(t) << ", " << pool_name(pool);
+    }
+  }
+}
+
+// dequantize_rows from the packed copy equals dequantize_row of the ggml layout exactly, for
+// ranges that start and end inside a pack group; float types read `data` and pack nothing.
+TEST(Matmul, PackedDequantizeRowsIsExact) {
+  for (DType t : kAllTypes) {
+    const int64_t N = 29, K = 160;
+    Weight w = make_weight(t, N, K, 41);
+    std::vector<float> expect(static_cast<size_t>(N * K));
+    for (int64_t r = 0; r < N; ++r) m3::dequantize_row(t, w.view.row(r), expect.data() + r * K, K);
+    m3::Buffer keep;
+    if (m3::packed_bytes(w.view) > 0) {
+      keep = pack(w);
+    } else {
+      EXPECT_TRUE(t == DType::F32 || t == DType::F16 || t == DType::BF16);
+    }
+    for (auto [r0, r1] : {std::pair<int64_t, int64_t>{0, N}, {3, 21}, {8, 16}, {17, 29}, {28, 29}}) {
+      std::vector<float> got(static_cast<size_t>((r1 - r0) * K), std::nanf(""));
+      m3::dequantize_rows(w.view, r0, r1, got.data());
+      EXPECT_EQ(0, std::memcmp(got.data(), expect.data() + r0 * K, got.size() * sizeof(float)))
+          << m3::dtype_name(t) << " rows " << r0 << ".." << r1;
+    }
+  }
+}
+
+// The activation quantizer (dtype.cpp, SIMD) writes the bytes of ggml's scalar quantize_row_q8_0_ref,
+// written out here: ties of roundf (halves away from zero) with amax = 127 (d = 1), tiny and zero
+// blocks, and random scales.
+TEST(Quantize, Q8_0MatchesScalarGgmlFormula) {
+  auto ggml = [](const float* x, BlockQ8_0* y, int64_t nb) {
+    for (int64_t b = 0; b < nb; ++b, x += 32) {
+      float amax = 0.0f;
+      for (int j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+      const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+      y[b].d = m3::fp32_to_fp16(d);
+      for (int j = 0; j < 32; ++j) y[b].qs[j] = static_cast<int8_t>(std::roundf(x[j] * id));
+    }
+  };
+  std::mt19937 rng(50);
+  std::uniform_int_distribution<int> halves(-254, 254);
+  for (int trial = 0; trial < 200; ++trial) {
+    const int64_t nb = 1 + trial % 7;
+    std::vector<float> x = randn(static_cast<size_t>(nb * 32), 60 + trial, trial % 2 ? 1e-3f : 3.0f);
+    if (trial % 3 == 0) {  // exact halves in [-127, 127] with amax 127: every tie of roundf
+      for (auto& v : x) v = static_cast<float>(halves(rng)) / 2.0f;
+      for (int64_t b = 0; b < nb; ++b) x[static_cast<size_t>(b * 32 + trial % 32)] = trial % 2 ? 127.0f : -127.0f;
+    }
+    if (trial % 10 == 1) std::fill(x.begin(), x.begin() + 32, 0.0f);  // a zero block
+    if (trial % 10 == 2) for (auto& v : x) v *= 1e-30f;                 // d underflows in fp16
+    std::vector<BlockQ8_0> fast(static_cast<size_t>(nb)), slow(static_cast<size_t>(nb));
+    m3::quantize_row(DType::Q8_0, x.data(), fast.data(), nb * 32);
+    ggml(x.data(), slow.data(), nb);
+    ASSERT_EQ(0, std::memcmp(fast.data(), slow.data(), fast.size() * sizeof(BlockQ8_0))) << "trial " << trial;
   }
 }
 

@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "m3/kernels.h"
 #include "m3/model.h"
 #include "m3/tensor.h"
 #include "m3/thread_pool.h"
@@ -87,11 +88,16 @@ class Forward {
   const Model& model() const { return model_; }
 
  private:
+  static constexpr int64_t kAttnTile = 64;  // queries per attention work item in prefill
   void eval_batch(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits, const EvalOptions& options);
+  void attend_rows(int layer, int64_t T, int p0, const ExtraKV& extra, const KVCache& cache);
+  void attend_batched(int layer, int64_t T, int p0, const ExtraKV& extra, const KVCache& cache);
   const Model& model_;
   ThreadPool* pool_;
   int max_batch_;
   Buffer x_, xn_, q_, k_, v_, att_, h_, gate_, up_, q_raw_, k_raw_;
+  std::vector<float> scores_;  // attention scores, one slice per pool thread
+  std::vector<RopeAngles> rope_;  // per token of the current call
 };
 
 }  // namespace m3

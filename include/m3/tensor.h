@@ -20,6 +20,10 @@ struct TensorView {
   int n_dims = 0;
   std::array<int64_t, 4> ne{1, 1, 1, 1};
   const void* data = nullptr;
+  // Optional second copy of a Q8_0/Q4_0 matrix in the kernels' 8-row interleaved layout
+  // (m3/kernels.h: pack_weights), owned by whoever set it (Model::prepare_kernels); null otherwise. The
+  // matmul kernels read it instead of `data` when it is set; everything else reads `data`.
+  const void* packed = nullptr;
 
   int64_t elements() const { return ne[0] * ne[1] * ne[2] * ne[3]; }
   int64_t cols() const { return ne[0]; }

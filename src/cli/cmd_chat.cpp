@@ -18,6 +18,7 @@
 #include "cli/commands.h"
 #include "m3/bank.h"
 #include "m3/bank_memory_source.h"
+#include "m3/bank_remote.h"
 #include "m3/chat_template.h"
 #include "m3/error.h"
 #include "m3/generate.h"
@@ -66,7 +67,7 @@ void chat(const ChatOpts& o) {
   std::unique_ptr<BankMemorySource> source;
   std::unique_ptr<PrefixKV> prefix;
   if (!o.bank.empty()) {
-    bank = MemoryBank::open(o.bank, model.get(), false);
+    bank = open_bank_for_reading(o.bank, model.get());  // a directory or redis:// (default cache)
     embed_pool = std::make_unique<ThreadPool>(1);
     retriever = open_bank_retriever(*model, *bank, o.retriever, embed_pool.get());
     cache = std::make_unique<MemoryCache>(MemoryCache::capacity_for_bytes(o.cache_mb << 20, MemoryShape::of(model->config())));
@@ -198,7 +199,7 @@ void register_chat(CLI::App& app) {
   auto* cmd = app.add_subcommand("chat", "Chat with a model in the terminal (reads stdin line by line; /memories /reset /quit)");
   auto o = std::make_shared<ChatOpts>();
   cmd->add_option("-m,--model", o->model, "Model file (GGUF)")->required();
-  cmd->add_option("--bank", o->bank, "Memory bank to read memories from (opened read-only)");
+  cmd->add_option("--bank", o->bank, "Memory bank (a directory or redis://host:port/NAME) to read memories from (read-only)");
   cmd->add_option("--retriever", o->retriever, "bm25, dense, hybrid, ... (dense kinds need the bank's dense index)")
       ->capture_default_str();
   cmd->add_option("--system", o->system, "System message put before the conversation");

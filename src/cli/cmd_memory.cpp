@@ -19,6 +19,10 @@
 //
 // Test hook: M3_MEMORIZE_THROTTLE_MS=x sleeps x ms after each memory/embedding and 10·x ms between
 // the steps above, so that a crash test's kills land inside each step.
+//
+// `m3 bank push BANK redis://...` copies a bank to a Redis Cluster (m3/bank_remote.h,
+// docs/redis-cluster.md); info, verify and show also take such a URI (its files are fetched into
+// the default cache directory). Test hook: M3_PUSH_THROTTLE_MS=x sleeps x ms after each batch.
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -38,6 +42,7 @@
 
 #include "cli/commands.h"
 #include "m3/bank.h"
+#include "m3/bank_remote.h"
 #include "m3/bank_retriever.h"
 #include "m3/codec.h"
 #include "m3/embedder.h"
@@ -204,7 +209,13 @@ json info_json(const BankInfo& i) {
           {"full_kv_bytes", i.full_kv_bytes},
           {"compression_vs_bf16", i.compression_vs_bf16},
           {"compression_vs_full_kv", i.compression_vs_full_kv},
-          {"records_file_bytes", i.records_file_bytes}};
+          {"records_file_bytes", i.records_file_bytes},
+          {"payload", i.payload}};
+}
+
+// A bank directory for `location`: itself, or the cache a redis:// bank is fetched into.
+std::string local_bank_dir(const std::string& location) {
+  return is_remote_bank(location) ? fetch_remote_bank(location).dir : clean_dir(location);
 }
 
 // ---- memorize ---------------------------------------------------------------------------------
@@ -441,7 +452,7 @@ void memorize(const MemorizeOpts& o) {
 // ---- bank -------------------------------------------------------------------------------------
 
 void bank_info(const std::string& dir_arg, bool as_json) {
-  const std::string dir = clean_dir(dir_arg);
+  const std::string dir = local_bank_dir(dir_arg);
   auto bank = MemoryBank::open(dir, nullptr, false);
   const BankInfo i = bank->info();
   const json side = read_side(dir);
@@ -478,8 +489,12 @@ void bank_info(const std::string& dir_arg, bool as_json) {
   std::printf("raw bf16       %lld per memory; compression %.2fx vs bf16, %.1fx vs the full KV cache (%lld)\n",
               static_cast<long long>(i.raw_bf16_bytes), i.compression_vs_bf16, i.compression_vs_full_kv,
               static_cast<long long>(i.full_kv_bytes));
-  std::printf("records.bin    %lld bytes (%s)\n", static_cast<long long>(i.records_file_bytes),
-              human_bytes(double(i.records_file_bytes)).c_str());
+  if (is_remote_bank(i.payload))
+    std::printf("records        %lld bytes (%s) in %s\n", static_cast<long long>(i.records_file_bytes),
+                human_bytes(double(i.records_file_bytes)).c_str(), i.payload.c_str());
+  else
+    std::printf("records.bin    %lld bytes (%s)\n", static_cast<long long>(i.records_file_bytes),
+                human_bytes(double(i.records_file_bytes)).c_str());
   if (dense)
     std::printf("dense index    %s (%s), embedder %s\n", (dpath + ".vec").c_str(), human_bytes(double(dense_bytes)).c_str(), dense_tag.c_str());
   else
@@ -487,7 +502,7 @@ void bank_info(const std::string& dir_arg, bool as_json) {
 }
 
 void bank_verify(const std::string& dir_arg) {
-  const std::string dir = clean_dir(dir_arg);
+  const std::string dir = local_bank_dir(dir_arg);
   auto bank = MemoryBank::open(dir, nullptr, false);
   const VerifyReport r = bank->verify();
   std::vector<std::string> problems;
@@ -523,7 +538,7 @@ void bank_verify(const std::string& dir_arg) {
 }
 
 void bank_show(const std::string& dir_arg, const std::string& id_arg, bool as_json) {
-  const std::string dir = clean_dir(dir_arg);
+  const std::string dir = local_bank_dir(dir_arg);
   int64_t id = 0;
   {
     const char* b = id_arg.data();
@@ -653,6 +668,32 @@ void bank_compact(const std::string& dir_arg, int threads) {
               vectors >= 0 ? (", dense index renumbered (" + std::to_string(vectors) + " vectors)").c_str() : "");
 }
 
+void bank_push(const std::string& dir_arg, const std::string& uri, int batch, bool verify) {
+  const std::string dir = clean_dir(dir_arg);
+  PushOptions o;
+  o.batch_records = batch;
+  o.verify = verify;
+  if (const char* t = std::getenv("M3_PUSH_THROTTLE_MS")) o.throttle_ms = std::atof(t);  // test hook
+  std::unique_ptr<ProgressBar> bar;
+  std::string phase;
+  o.on_progress = [&](const PushProgress& p) {
+    if (phase != p.phase) {
+      if (bar) bar->finish();
+      phase = p.phase;
+      bar = std::make_unique<ProgressBar>(std::string("push ") + p.phase, p.total, phase == "files" ? "files" : "rec");
+    }
+    bar->update(p.done);
+  };
+  const PushReport r = push_bank(dir, uri, o);
+  if (bar) bar->finish();
+  std::printf("pushed %s to %s: %lld records (resumed at %lld, copied %lld, verified %lld, rewritten %lld); "
+              "files: %d sent (%s), %d unchanged; %d masters, replicas %s; %.1f s\n",
+              dir.c_str(), uri.c_str(), static_cast<long long>(r.records), static_cast<long long>(r.resumed_at),
+              static_cast<long long>(r.copied), static_cast<long long>(r.verified), static_cast<long long>(r.rewritten),
+              r.files_sent, human_bytes(double(r.file_bytes_sent)).c_str(), r.files_unchanged, r.masters,
+              r.replicated ? "in sync" : "NOT in sync yet (check the cluster)", r.seconds);
+}
+
 // ---- search -----------------------------------------------------------------------------------
 
 struct SearchOpts {
@@ -775,23 +816,23 @@ void register_memorize(CLI::App& app) {
 }
 
 void register_bank(CLI::App& app) {
-  auto* cmd = app.add_subcommand("bank", "Inspect, verify, delete from and compact a memory bank");
+  auto* cmd = app.add_subcommand("bank", "Inspect, verify, delete from, compact and push a memory bank");
   cmd->require_subcommand(1);
 
   auto dir = std::make_shared<std::string>();
   auto as_json = std::make_shared<bool>(false);
   auto* info = cmd->add_subcommand("info", "Print a bank's model, shape, codecs, counts and bytes per memory");
-  info->add_option("bank", *dir, "Bank directory")->required();
+  info->add_option("bank", *dir, "Bank directory or redis:// URI")->required();
   info->add_flag("--json", *as_json, "Machine-readable output");
   info->callback([dir, as_json] { bank_info(*dir, *as_json); });
 
   auto* verify = cmd->add_subcommand("verify", "Check every record's checksum and the catalog (and the dense index); exit 1 on any problem");
-  verify->add_option("bank", *dir, "Bank directory")->required();
+  verify->add_option("bank", *dir, "Bank directory or redis:// URI")->required();
   verify->callback([dir] { bank_verify(*dir); });
 
   auto id = std::make_shared<std::string>();
   auto* show = cmd->add_subcommand("show", "Print one reference and its memory (kept positions, key and value norms)");
-  show->add_option("bank", *dir, "Bank directory")->required();
+  show->add_option("bank", *dir, "Bank directory or redis:// URI")->required();
   show->add_option("id", *id, "Reference id")->required()->type_name("INT");
   show->add_flag("--json", *as_json, "Machine-readable output");
   show->callback([dir, id, as_json] { bank_show(*dir, *id, *as_json); });
@@ -808,6 +849,19 @@ void register_bank(CLI::App& app) {
   compact->add_option("bank", *dir, "Bank directory")->required();
   compact->add_option("-t,--threads", *threads, "Threads for rebuilding the dense index's graph (0 = all cores)")->capture_default_str();
   compact->callback([dir, threads] { bank_compact(*dir, *threads); });
+
+  auto uri = std::make_shared<std::string>();
+  auto batch = std::make_shared<int>(256);
+  auto no_verify = std::make_shared<bool>(false);
+  auto* push = cmd->add_subcommand("push", "Copy a bank to a Redis Cluster (redis://host:port[,host:port...]/NAME): records in "
+                                           "pipelined batches, resumable, read back and verified; then its files");
+  push->add_option("bank", *dir, "Bank directory")->required();
+  push->add_option("uri", *uri, "redis://host:port[,host:port...]/NAME[?connect_timeout_ms=N&command_timeout_ms=N&retry_ms=N]")
+      ->required();
+  push->add_option("--batch", *batch, "Records per pipelined batch (a killed push resumes after the last whole batch)")
+      ->capture_default_str();
+  push->add_flag("--no-verify", *no_verify, "Do not read the records and files back");
+  push->callback([dir, uri, batch, no_verify] { bank_push(*dir, *uri, *batch, !*no_verify); });
 }
 
 void register_search(CLI::App& app) {

@@ -15,6 +15,7 @@
 #include "m3/npy.h"
 #include "m3/bank.h"
 #include "m3/bank_memory_source.h"
+#include "m3/bank_remote.h"
 #include "m3/bank_retriever.h"
 #include "m3/generate.h"
 #include "m3/memory_cache.h"
@@ -86,7 +87,7 @@ void register_generate(CLI::App& app) {
     int n = 64;
     SamplerParams sp;
     bool greedy = false, stats = false, ignore_eos = false, show_memories = false, rag = false;
-    std::string bank, retriever = "bm25";
+    std::string bank, bank_cache, retriever = "bm25";
     int cache_mb = 256, rag_references = 0;
     std::vector<std::string> stop;
   };
@@ -98,7 +99,9 @@ void register_generate(CLI::App& app) {
   cmd->add_flag("--greedy", o->greedy, "Greedy decoding (same as --temp 0)");
   cmd->add_flag("--ignore-eos", o->ignore_eos, "Keep generating after the end-of-sequence token");
   cmd->add_flag("--stats", o->stats, "Print prompt and decode speed to stderr");
-  cmd->add_option("--bank", o->bank, "Memory bank (m3 memorize): every 64-token chunk reads the memories it retrieves");
+  cmd->add_option("--bank", o->bank, "Memory bank (m3 memorize), or redis://host:port/NAME (m3 bank push): every 64-token chunk "
+                                    "reads the memories it retrieves");
+  cmd->add_option("--bank-cache", o->bank_cache, "With a redis:// bank: where its files are fetched (default ~/.cache/m3/banks/...)");
   cmd->add_option("--retriever", o->retriever, "With --bank: bm25, dense, dense:exact, hybrid")->capture_default_str();
   cmd->add_option("--cache-mb", o->cache_mb, "With --bank: RAM for decoded memories (0: read every memory from the bank)")->capture_default_str();
   cmd->add_flag("--memories", o->show_memories, "With --bank: print which references each chunk read (to stderr)");
@@ -122,7 +125,7 @@ void register_generate(CLI::App& app) {
     if (o->rag) {
       // The RAG baseline (spec Table 21, m3/rag.h): references retrieved once with the prompt, as
       // text in front of it, a plain LM.
-      bank = MemoryBank::open(o->bank, model.get(), false);
+      bank = open_bank_for_reading(o->bank, model.get(), o->bank_cache);
       retriever = open_bank_retriever(*bank, model.get(), o->retriever, &pool);
       RagOptions ro;
       ro.references = o->rag_references > 0 ? o->rag_references : model->config().memory.memories_per_chunk;
@@ -133,7 +136,7 @@ void register_generate(CLI::App& app) {
       with_refs.prompt_file.clear();
       ids = tokenize_prompt(*model, with_refs);
     } else if (!o->bank.empty()) {
-      bank = MemoryBank::open(o->bank, model.get(), false);
+      bank = open_bank_for_reading(o->bank, model.get(), o->bank_cache);
       prefix = std::make_unique<PrefixKV>(*model, &pool);
       retriever = open_bank_retriever(*bank, model.get(), o->retriever, &pool);
       cache = std::make_unique<MemoryCache>(MemoryCache::capacity_for_bytes(int64_t(o->cache_mb) << 20, bank->shape()));

@@ -1,5 +1,11 @@
 // m3 serve: the OpenAI-compatible HTTP server (m3/server.h) from the command line. SIGINT and
 // SIGTERM stop it gracefully: no new requests, queued ones answered 503, running ones finish.
+//
+// --bank redis://host:port/NAME serves a bank pushed to a Redis Cluster (m3/bank_remote.h): its
+// files are fetched into --bank-cache (again only when their checksums changed), catalog and
+// retrieval stay local, and memories are read from the cluster, so several servers share one
+// knowledge base. Such a bank is served read-only: a knowledge change would reach only this
+// server's copy of the catalog.
 #include <fcntl.h>
 #include <poll.h>
 #include <unistd.h>
@@ -13,6 +19,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "m3/bank_remote.h"
 #include "m3/error.h"
 #include "m3/server.h"
 
@@ -31,13 +38,17 @@ void register_serve(CLI::App& app) {
                                           "knowledge management, /health and /metrics");
   struct Opts {
     std::string model;
+    std::string bank_cache;
     bool mmap = false;
     ServerOptions s;
   };
   auto o = std::make_shared<Opts>();
   ServerOptions& s = o->s;
   cmd->add_option("-m,--model", o->model, "Model file (GGUF)")->required();
-  cmd->add_option("--bank", s.bank_dir, "Memory bank directory: requests read memories from it; enables /v1/knowledge/*");
+  cmd->add_option("--bank", s.bank_dir, "Memory bank directory, or redis://host:port[,...]/NAME (m3 bank push): requests read "
+                                        "memories from it; enables /v1/knowledge/*");
+  cmd->add_option("--bank-cache", o->bank_cache, "With a redis:// bank: the directory its files are fetched into "
+                                                 "(default: ~/.cache/m3/banks/NAME-HASH, or $M3_BANK_CACHE/NAME-HASH)");
   cmd->add_option("--retriever", s.retriever, "bm25, dense (= dense:hnsw), dense:exact, hybrid, ... (m3 search --help)")
       ->capture_default_str();
   cmd->add_flag("--rag", s.rag, "RAG baseline: put the top references' text in the prompt instead of reading memories");
@@ -73,6 +84,18 @@ void register_serve(CLI::App& app) {
     if (const char* d = std::getenv("M3_SERVE_TOKEN_DELAY_MS")) opts.token_delay_ms = std::atof(d);  // test hook
     if (opts.model_id.empty()) opts.model_id = std::filesystem::path(o->model).stem().string();
 
+    const std::string bank_label = opts.bank_dir;
+    if (is_remote_bank(opts.bank_dir)) {
+      if (opts.create_bank) throw Error("--create: a bank in a cluster is written with m3 memorize and m3 bank push, not by m3 serve");
+      const FetchReport f = fetch_remote_bank(opts.bank_dir, o->bank_cache);
+      std::fprintf(stderr, "m3 serve: bank %s: %lld memories in the cluster; files in %s (%d fetched, %s; %d up to date)\n",
+                   bank_label.c_str(), static_cast<long long>(f.records), f.dir.c_str(), f.files_fetched,
+                   human_bytes(double(f.bytes_fetched)).c_str(), f.files_fresh);
+      opts.bank_dir = f.dir;  // its payload.json sends the bank's record reads to the cluster
+      opts.read_only = true;
+    } else if (!o->bank_cache.empty()) {
+      throw Error("--bank-cache is for a redis:// bank");
+    }
     auto model = Model::load(o->model, o->mmap ? FileLoad::Map : FileLoad::Read);
     Server server(*model, opts);
     server.bind();
@@ -108,7 +131,7 @@ void register_serve(CLI::App& app) {
     } join{done, signals};
     std::printf("m3 serve: listening on %s (model %s, %d slot%s, %s)\n", server.url().c_str(), opts.model_id.c_str(), opts.slots,
                 opts.slots == 1 ? "" : "s",
-                opts.bank_dir.empty() ? "no bank" : (opts.rag ? "RAG from " + opts.bank_dir : "memories from " + opts.bank_dir).c_str());
+                opts.bank_dir.empty() ? "no bank" : (opts.rag ? "RAG from " + bank_label : "memories from " + bank_label).c_str());
     std::fflush(stdout);
     server.run();
     std::printf("m3 serve: stopped\n");

@@ -3,9 +3,14 @@
 // Same contracts as m3::ref (kernels_ref.cpp), checked against it by tests/test_kernels.cpp.
 //
 // Decode (M == 1) is a matrix-vector product and is bound by reading the weight once, so it is
-// done here: rows are split over the pool in contiguous 16-row-aligned ranges, each row is one dot
-// product. Quantized weights take x quantized once to Q8_0 and integer dots, like llama.cpp:
-// int8 x int8 products summed exactly in int32 per block, then one float fma per block scale.
+// done here: rows are split over the pool in contiguous 16-row-aligned ranges (64 bytes of y: no
+// two threads write one cache line). Float weights: one dot product per row. Q8_0/Q4_0 weights:
+// x is quantized once to Q8_0, and the weights are read in the packed layout of kernels.h (8 rows
+// interleaved 4 bytes at a time, made at load by Model::prepare_kernels): one 32-byte load holds 4
+// quants of each of 8 rows, the 4 matching x bytes are broadcast, and maddubs/madd leave each
+// row's exact int32 block sum in its own lane, with no horizontal sums and one scale load per 8
+// rows; then one fma per block, in the reference's order (bit-identical results). Several
+// matrices of one x (q, k, v; gate, up) run as one pass of the pool (matmul_shared).
 // Prefill (M > 1) is compute bound and goes to OpenBLAS sgemm, run single-threaded inside each
 // pool thread on a slice of W's rows; non-f32 weights are dequantized into a per-thread scratch
 // tile first (the tile stays in L2/L3 while sgemm reads it).
@@ -13,8 +18,10 @@
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
+#include <span>
 #include <vector>
 
 #include "m3/error.h"
@@ -177,116 +184,353 @@ float dot_q4_0_q8_0(const BlockQ4_0* w, const BlockQ8_0* x, int64_t n) {
   return hsum(_mm256_add_ps(acc0, acc1));
 }
 
+// --- packed quantized weights (layout in kernels.h) -------------------------------------------------
+
+namespace {
+
+int64_t pack_groups(int64_t rows) { return (rows + kPackRows - 1) / kPackRows; }
+int64_t packs_per_group(int64_t cols) { return (cols + kPackCols - 1) / kPackCols; }
+size_t pack_size(DType t) { return t == DType::Q8_0 ? sizeof(PackQ8_0) : sizeof(PackQ4_0); }
+bool is_packable(DType t) { return t == DType::Q8_0 || t == DType::Q4_0; }
+
+// Transposes 8 rows of 8 dwords: out[j] holds dword j of rows 0..7 in its dwords 0..7.
+inline void transpose8x8_epi32(const __m256i r[8], __m256i out[8]) {
+  __m256i t[8], u[8];
+  for (int i = 0; i < 4; ++i) {
+    t[2 * i] = _mm256_unpacklo_epi32(r[2 * i], r[2 * i + 1]);      // rows 2i, 2i+1: dwords 0, 1 | 4, 5
+    t[2 * i + 1] = _mm256_unpackhi_epi32(r[2 * i], r[2 * i + 1]);  // dwords 2, 3 | 6, 7
+  }
+  for (int i = 0; i < 2; ++i) {  // rows 4i..4i+3
+    u[4 * i] = _mm256_unpacklo_epi64(t[4 * i], t[4 * i + 2]);          // dword 0 | 4
+    u[4 * i + 1] = _mm256_unpackhi_epi64(t[4 * i], t[4 * i + 2]);      // dword 1 | 5
+    u[4 * i + 2] = _mm256_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);  // dword 2 | 6
+    u[4 * i + 3] = _mm256_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);  // dword 3 | 7
+  }
+  for (int j = 0; j < 4; ++j) {
+    out[j] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x20);
+    out[j + 4] = _mm256_permute2x128_si256(u[j], u[4 + j], 0x31);
+  }
+}
+
+// Writes rows 8g..8g+7 of W (ggml layout) as packs_per_group(K) packs; rows past the end and
+// columns past K are zero blocks. Per block: the 8 rows' 32 quants (Q4_0: unpacked to one nibble
+// per byte) as 8 vectors, an 8x8 dword transpose gives the chunks (Q4_0: chunks 2j and 2j+1
+// share bytes as low and high nibbles).
+void pack_group(const TensorView& W, int64_t g, void* dst) {
+  const int64_t K = W.cols(), N = W.rows(), nb = K / kQuantBlock, np = packs_per_group(K);
+  if (nb % 2) std::memset(static_cast<uint8_t*>(dst) + (np - 1) * pack_size(W.type), 0, pack_size(W.type));
+  const int rows = static_cast<int>(std::min<int64_t>(kPackRows, N - g * kPackRows));
+  const auto* base = static_cast<const uint8_t*>(W.data);
+  const size_t rb = W.row_bytes();
+  __m256i r[8], c[8];
+  for (int64_t b = 0; b < nb; ++b) {
+    const int h = static_cast<int>(b % 2);
+    if (W.type == DType::Q8_0) {
+      PackQ8_0& p = static_cast<PackQ8_0*>(dst)[b / 2];
+      for (int i = 0; i < kPackRows; ++i) {
+        if (i < rows) {
+          const auto& blk = reinterpret_cast<const BlockQ8_0*>(base + (g * kPackRows + i) * rb)[b];
+          p.d[h][i] = blk.d;
+          r[i] = load_q8(blk);
+        } else {
+          p.d[h][i] = 0;
+          r[i] = _mm256_setzero_si256();
+        }
+      }
+      transpose8x8_epi32(r, c);
+      for (int j = 0; j < 8; ++j) _mm256_store_si256(reinterpret_cast<__m256i*>(p.qs[h] + 32 * j), c[j]);
+    } else {
+      PackQ4_0& p = static_cast<PackQ4_0*>(dst)[b / 2];
+      const __m256i low4 = _mm256_set1_epi8(0x0F);
+      for (int i = 0; i < kPackRows; ++i) {
+        if (i < rows) {
+          const auto& blk = reinterpret_cast<const BlockQ4_0*>(base + (g * kPackRows + i) * rb)[b];
+          p.d[h][i] = blk.d;
+          const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk.qs));
+          r[i] = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);  // byte c = column c
+        } else {
+          p.d[h][i] = 0;
+          r[i] = _mm256_setzero_si256();
+        }
+      }
+      transpose8x8_epi32(r, c);  // c[j]: columns 4j..4j+3 of each row
+      for (int j = 0; j < 4; ++j)
+        _mm256_store_si256(reinterpret_cast<__m256i*>(p.qs[h] + 32 * j),
+                           _mm256_or_si256(c[2 * j], _mm256_slli_epi16(c[2 * j + 1], 4)));
+    }
+  }
+}
+
+// x quantized to Q8_0 once per GEMV, padded with zero blocks to whole packs, with what every
+// pack needs per block: the scale as f32 and (for Q4_0's unsigned nibbles) 8·Σq.
+struct QuantX {
+  std::vector<BlockQ8_0> q;
+  std::vector<float> d;
+  std::vector<int32_t> sum8;
+};
+
+void quantize_x(const float* x, int64_t K, QuantX& qx) {
+  const size_t nbp = static_cast<size_t>(2 * packs_per_group(K));
+  qx.q.assign(nbp, BlockQ8_0{});
+  quantize_row(DType::Q8_0, x, qx.q.data(), K);
+  qx.d.resize(nbp);
+  qx.sum8.resize(nbp);
+  const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
+  for (size_t b = 0; b < nbp; ++b) {
+    qx.d[b] = half_to_float(qx.q[b].d);
+    const __m256i s32 = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, load_q8(qx.q[b])), ones16);
+    __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s32), _mm256_extracti128_si256(s32, 1));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4E));
+    s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xB1));
+    qx.sum8[b] = 8 * _mm_cvtsi128_si32(s4);
+  }
+}
+
+// 4 activation bytes broadcast to the 8 int32 lanes (one per row of a pack): vpbroadcastd from
+// memory. (Pre-expanding x into 8 vectors per block once per GEMV was measured slower when the
+// weights stream from DRAM: the 8x larger x competes with them for L1.)
+inline __m256i bcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+// y[0..8) = the 8 rows of one group · x. Per block, each row's exact integer dot lands in its own
+// int32 lane, then acc = fma(float(isum), d_w·d_x, acc): the steps of ref::dot_q8_0_q8_0 in the
+// same order, so each lane equals it bit for bit. |w| · (x · sign w): maddubs needs one unsigned
+// operand; |w| <= 128 and |x| <= 127 keep each int16 pair sum below 32512 (no saturation).
+void gemv_group_q8_0(const PackQ8_0* p, int64_t np, const QuantX& x, float* y) {
+  const __m256i ones = _mm256_set1_epi16(1);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t s = 0; s < np; ++s) {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t b = 2 * s + h;
+      const int8_t* xb = x.q[static_cast<size_t>(b)].qs;
+      const auto* q = reinterpret_cast<const __m256i*>(p[s].qs[h]);
+      __m256i i0 = _mm256_setzero_si256(), i1 = _mm256_setzero_si256();
+      for (int j = 0; j < 8; j += 2) {
+        const __m256i w0 = _mm256_load_si256(q + j), w1 = _mm256_load_si256(q + j + 1);
+        const __m256i p0 = _mm256_maddubs_epi16(_mm256_abs_epi8(w0), _mm256_sign_epi8(bcast4(xb + 4 * j), w0));
+        const __m256i p1 = _mm256_maddubs_epi16(_mm256_abs_epi8(w1), _mm256_sign_epi8(bcast4(xb + 4 * j + 4), w1));
+        i0 = _mm256_add_epi32(i0, _mm256_madd_epi16(p0, ones));
+        i1 = _mm256_add_epi32(i1, _mm256_madd_epi16(p1, ones));
+      }
+      const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p[s].d[h]))),
+                                     _mm256_set1_ps(x.d[static_cast<size_t>(b)]));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_add_epi32(i0, i1)), d, acc);
+    }
+  }
+  _mm256_storeu_ps(y, acc);
+}
+
+// The same for Q4_0, as ref::dot_q4_0_q8_0. The nibbles q stay unsigned (maddubs' unsigned
+// operand): Σ(q−8)·x = Σq·x − 8·Σx, with 8·Σx computed once per block of x. Each int16 lane
+// sums 8 pair products of at most 2·15·127, |sum| <= 30480: the whole block adds up in int16
+// before one madd widens it.
+void gemv_group_q4_0(const PackQ4_0* p, int64_t np, const QuantX& x, float* y) {
+  const __m256i ones = _mm256_set1_epi16(1), low4 = _mm256_set1_epi8(0x0F);
+  __m256 acc = _mm256_setzero_ps();
+  for (int64_t s = 0; s < np; ++s) {
+    for (int h = 0; h < 2; ++h) {
+      const int64_t b = 2 * s + h;
+      const int8_t* xb = x.q[static_cast<size_t>(b)].qs;
+      const auto* q = reinterpret_cast<const __m256i*>(p[s].qs[h]);
+      __m256i m[8];
+      for (int j = 0; j < 4; ++j) {
+        const __m256i v = _mm256_load_si256(q + j);
+        m[2 * j] = _mm256_maddubs_epi16(_mm256_and_si256(v, low4), bcast4(xb + 8 * j));
+        m[2 * j + 1] = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(v, 4), low4), bcast4(xb + 8 * j + 4));
+      }
+      const __m256i s16 = _mm256_add_epi16(_mm256_add_epi16(_mm256_add_epi16(m[0], m[1]), _mm256_add_epi16(m[2], m[3])),
+                                           _mm256_add_epi16(_mm256_add_epi16(m[4], m[5]), _mm256_add_epi16(m[6], m[7])));
+      const __m256i isum = _mm256_sub_epi32(_mm256_madd_epi16(s16, ones), _mm256_set1_epi32(x.sum8[static_cast<size_t>(b)]));
+      const __m256 d = _mm256_mul_ps(_mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p[s].d[h]))),
+                                     _mm256_set1_ps(x.d[static_cast<size_t>(b)]));
+      acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(isum), d, acc);
+    }
+  }
+  _mm256_storeu_ps(y, acc);
+}
+
+// Rows of one pack group as f32: out[i * ldo + c] for rows i < n_rows, columns c < K. Two vectors
+// P, Q of a block hold, at int32 lane i, 4 bytes of row i each (Q8_0: chunks j and j+1 = columns
+// 4j..4j+7; Q4_0: the low and high nibbles of chunk j = columns 8j..8j+7); unpacking their 32-bit
+// lanes puts each row's 8 consecutive columns in one 64-bit lane. Values are d·q exactly, as
+// dequantize_row computes them.
+void dequantize_group(DType t, const void* group, int64_t K, float* out, int64_t ldo, int n_rows) {
+  const int64_t nb = K / kQuantBlock;
+  alignas(32) int64_t lanes[2][4];
+  // row i's 8 bytes are lanes[i / 2 % 2][(i % 2) + 2 * (i / 4)] (unpacklo: rows 0, 1, 4, 5).
+  auto emit = [&](__m256i P, __m256i Q, const float* d, int64_t col, bool is_signed, int bias) {
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[0]), _mm256_unpacklo_epi32(P, Q));
+    _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[1]), _mm256_unpackhi_epi32(P, Q));
+    for (int i = 0; i < n_rows; ++i) {
+      const __m128i b8 = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(&lanes[(i / 2) % 2][(i % 2) + 2 * (i / 4)]));
+      __m256i v = is_signed ? _mm256_cvtepi8_epi32(b8) : _mm256_cvtepu8_epi32(b8);
+      v = _mm256_sub_epi32(v, _mm256_set1_epi32(bias));
+      _mm256_storeu_ps(out + i * ldo + col, _mm256_mul_ps(_mm256_set1_ps(d[i]), _mm256_cvtepi32_ps(v)));
+    }
+  };
+  for (int64_t b = 0; b < nb; ++b) {
+    const int h = static_cast<int>(b % 2);
+    alignas(32) float d[kPackRows];
+    if (t == DType::Q8_0) {
+      const PackQ8_0& p = static_cast<const PackQ8_0*>(group)[b / 2];
+      _mm256_store_ps(d, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p.d[h]))));
+      const auto* q = reinterpret_cast<const __m256i*>(p.qs[h]);
+      for (int j = 0; j < 8; j += 2)
+        emit(_mm256_load_si256(q + j), _mm256_load_si256(q + j + 1), d, b * kQuantBlock + 4 * j, true, 0);
+    } else {
+      const PackQ4_0& p = static_cast<const PackQ4_0*>(group)[b / 2];
+      _mm256_store_ps(d, _mm256_cvtph_ps(_mm_load_si128(reinterpret_cast<const __m128i*>(p.d[h]))));
+      const auto* q = reinterpret_cast<const __m256i*>(p.qs[h]);
+      const __m256i low4 = _mm256_set1_epi8(0x0F);
+      for (int j = 0; j < 4; ++j) {
+        const __m256i v = _mm256_load_si256(q + j);
+        emit(_mm256_and_si256(v, low4), _mm256_and_si256(_mm256_srli_epi16(v, 4), low4), d, b * kQuantBlock + 8 * j,
+             false, 8);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+size_t packed_bytes(const TensorView& W) {
+  if (!is_packable(W.type)) return 0;
+  return static_cast<size_t>(pack_groups(W.rows()) * packs_per_group(W.cols())) * pack_size(W.type);
+}
+
+void pack_weights(const TensorView& W, void* out, ThreadPool* pool) {
+  if (!is_packable(W.type)) throw Error("pack_weights '" + W.name + "': " + dtype_name(W.type) + " is not repacked");
+  const size_t group_bytes = static_cast<size_t>(packs_per_group(W.cols())) * pack_size(W.type);
+  auto run = [&](int64_t g0, int64_t g1, int) {
+    for (int64_t g = g0; g < g1; ++g) pack_group(W, g, static_cast<uint8_t*>(out) + g * group_bytes);
+  };
+  if (pool) pool->parallel_for(pack_groups(W.rows()), run); else run(0, pack_groups(W.rows()), 0);
+}
+
+void dequantize_rows(const TensorView& W, int64_t r0, int64_t r1, float* out) {
+  const int64_t K = W.cols();
+  if (!W.packed || !is_packable(W.type)) {
+    for (int64_t r = r0; r < r1; ++r) dequantize_row(W.type, W.row(r), out + (r - r0) * K, K);
+    return;
+  }
+  const size_t group_bytes = static_cast<size_t>(packs_per_group(K)) * pack_size(W.type);
+  const auto* base = static_cast<const uint8_t*>(W.packed);
+  std::vector<float> tmp;
+  for (int64_t g = r0 / kPackRows; g * kPackRows < r1; ++g) {
+    const int64_t first = g * kPackRows, lo = std::max(first, r0), hi = std::min(first + kPackRows, r1);
+    const int valid = static_cast<int>(std::min(first + kPackRows, W.rows()) - first);
+    if (lo == first && hi - lo == kPackRows) {
+      dequantize_group(W.type, base + g * group_bytes, K, out + (first - r0) * K, K, kPackRows);
+    } else {  // a group cut by r0 or r1: through a scratch copy
+      tmp.resize(static_cast<size_t>(kPackRows * K));
+      dequantize_group(W.type, base + g * group_bytes, K, tmp.data(), K, valid);
+      std::memcpy(out + (lo - r0) * K, tmp.data() + (lo - first) * K, static_cast<size_t>((hi - lo) * K) * sizeof(float));
+    }
+  }
+}
+
 // --- matmul --------------------------------------------------------------------------------------
 
 namespace {
 
-// Two Q4_0 rows against the same Q8_0 x, for the GEMV. Cheaper per block than dot_q4_0_q8_0:
-// x's block load, its fp16 scale (pre-converted in dx) and maddubs(8, x) serve both rows, and the
-// nibbles stay unsigned: sum((q-8)*x) = maddubs(q, x) - maddubs(8, x) in int16 (|.| <= 3840, no
-// saturation), so no sign/sub per row. Each lane sums the same 4 products as dot_q4_0_q8_0 and
-// blocks alternate between the same two accumulators, so results are bit-identical to it.
-void dot2_q4_0_q8_0(const BlockQ4_0* w0, const BlockQ4_0* w1, const BlockQ8_0* x, const float* dx,
-                    int64_t nb, float* y) {
-  const __m256i ones = _mm256_set1_epi16(1), eight = _mm256_set1_epi8(8), low4 = _mm256_set1_epi8(0x0F);
-  auto nibbles = [&](const BlockQ4_0& b) {
-    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
-    return _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(raw, 4), raw), low4);
-  };
-  __m256 acc[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()}, {_mm256_setzero_ps(), _mm256_setzero_ps()}};
-  auto step = [&](int64_t b, int a) {
-    const __m256i xv = load_q8(x[b]);
-    const __m256i x8 = _mm256_maddubs_epi16(eight, xv);
-    const __m256i p0 = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(nibbles(w0[b]), xv), x8), ones);
-    const __m256i p1 = _mm256_madd_epi16(_mm256_sub_epi16(_mm256_maddubs_epi16(nibbles(w1[b]), xv), x8), ones);
-    // Same float product order as block_scale(): fp32(d_w) * fp32(d_x).
-    const __m256 s0 = _mm256_set1_ps(half_to_float(w0[b].d) * dx[b]);
-    const __m256 s1 = _mm256_set1_ps(half_to_float(w1[b].d) * dx[b]);
-    acc[0][a] = _mm256_fmadd_ps(s0, _mm256_cvtepi32_ps(p0), acc[0][a]);
-    acc[1][a] = _mm256_fmadd_ps(s1, _mm256_cvtepi32_ps(p1), acc[1][a]);
-  };
-  int64_t b = 0;
-  for (; b + 2 <= nb; b += 2) {
-    step(b, 0);
-    step(b + 1, 1);
-  }
-  if (b < nb) step(b, 0);
-  y[0] = hsum(_mm256_add_ps(acc[0][0], acc[0][1]));
-  y[1] = hsum(_mm256_add_ps(acc[1][0], acc[1][1]));
-}
+constexpr int64_t kGemvRows = 16;  // rows per work unit: thread ranges start on 16-row (64-byte) boundaries
+constexpr int64_t kTileRows = 256;  // rows dequantized per sgemm call for non-f32 weights (x is repacked by each call)
 
-constexpr int64_t kGemvRows = 16;   // rows per work unit: thread ranges start on 16-row boundaries
-constexpr int64_t kTileRows = 256;  // rows dequantized per sgemm call for non-f32 weights
-
-// Runs fn(row_begin, row_end) over [0, rows) in 16-row-aligned contiguous ranges, one per thread.
-template <class Fn>
-void for_rows(int64_t rows, ThreadPool* pool, Fn&& fn) {
-  if (!pool || pool->size() == 1 || rows <= kGemvRows) {
-    fn(int64_t{0}, rows);
-    return;
-  }
-  const int64_t units = (rows + kGemvRows - 1) / kGemvRows;
-  pool->parallel_for(units, [&](int64_t begin, int64_t end, int) {
-    fn(begin * kGemvRows, std::min(end * kGemvRows, rows));
-  });
-}
-
-// y[N] = W[N,K] · x[K]
-void gemv(const TensorView& W, const float* x, float* y, ThreadPool* pool) {
+// Rows [r0, r1) of y = W · x (r0 a multiple of 16, r1 one too or N). Q8_0/Q4_0 W read x quantized
+// (qx, prepared once by the calling thread) and stream their contiguous range of pack groups (one
+// sequential read per thread); without a packed copy each group is packed on the fly into a
+// per-thread scratch first (same results, slower).
+void gemv_rows(const TensorView& W, const float* x, const QuantX& qx, float* y, int64_t r0, int64_t r1) {
   const int64_t K = W.cols(), N = W.rows();
   const size_t rb = W.row_bytes();
   const auto* base = static_cast<const uint8_t*>(W.data);
   switch (W.type) {
     case DType::F32:
-      for_rows(N, pool, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) y[r] = dot_f32(reinterpret_cast<const float*>(base + r * rb), x, K);
-      });
+      for (int64_t r = r0; r < r1; ++r) y[r] = dot_f32(reinterpret_cast<const float*>(base + r * rb), x, K);
       return;
     case DType::F16:
-      for_rows(N, pool, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) y[r] = dot_f16_f32(reinterpret_cast<const uint16_t*>(base + r * rb), x, K);
-      });
+      for (int64_t r = r0; r < r1; ++r) y[r] = dot_f16_f32(reinterpret_cast<const uint16_t*>(base + r * rb), x, K);
       return;
     case DType::BF16:
-      for_rows(N, pool, [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) y[r] = dot_bf16_f32(reinterpret_cast<const uint16_t*>(base + r * rb), x, K);
-      });
+      for (int64_t r = r0; r < r1; ++r) y[r] = dot_bf16_f32(reinterpret_cast<const uint16_t*>(base + r * rb), x, K);
       return;
     case DType::Q8_0:
     case DType::Q4_0: {
-      // x is quantized once by the calling thread; every row's dot then reads the same blocks.
-      thread_local std::vector<BlockQ8_0> xq;
-      xq.resize(static_cast<size_t>(K / kQuantBlock));
-      quantize_row(DType::Q8_0, x, xq.data(), K);
-      const BlockQ8_0* xb = xq.data();
-      if (W.type == DType::Q8_0) {
-        for_rows(N, pool, [&](int64_t r0, int64_t r1) {
-          for (int64_t r = r0; r < r1; ++r) y[r] = dot_q8_0_q8_0(reinterpret_cast<const BlockQ8_0*>(base + r * rb), xb, K);
-        });
-      } else {
-        thread_local std::vector<float> dx;
-        dx.resize(xq.size());
-        for (size_t b = 0; b < xq.size(); ++b) dx[b] = half_to_float(xq[b].d);
-        const float* dxp = dx.data();
-        auto row = [&](int64_t r) { return reinterpret_cast<const BlockQ4_0*>(base + r * rb); };
-        // Row pairs are (i, i + half) of the thread's range, not (i, i + 1): two long sequential
-        // streams keep the hardware prefetchers ahead; adjacent pairs ran at half the speed once
-        // the weight came from DRAM rather than L3 (measured, 4096x4096).
-        for_rows(N, pool, [&](int64_t r0, int64_t r1) {
-          const int64_t half = (r1 - r0) / 2;
-          float pair[2];
-          for (int64_t i = 0; i < half; ++i) {
-            dot2_q4_0_q8_0(row(r0 + i), row(r0 + half + i), xb, dxp, K / kQuantBlock, pair);
-            y[r0 + i] = pair[0];
-            y[r0 + half + i] = pair[1];
-          }
-          if (r0 + 2 * half < r1) y[r1 - 1] = dot_q4_0_q8_0(row(r1 - 1), xb, K);
-        });
+      const int64_t np = packs_per_group(K);
+      const size_t group_bytes = static_cast<size_t>(np) * pack_size(W.type);
+      const auto* packed = static_cast<const uint8_t*>(W.packed);
+      thread_local Buffer scratch;
+      if (!packed && scratch.size() < group_bytes) scratch = Buffer(group_bytes);
+      for (int64_t g = r0 / kPackRows; g * kPackRows < r1; ++g) {
+        const uint8_t* src = packed ? packed + g * group_bytes : scratch.data();
+        if (!packed) pack_group(W, g, scratch.data());
+        float tail[kPackRows];
+        const bool whole = (g + 1) * kPackRows <= N;
+        float* out = whole ? y + g * kPackRows : tail;
+        if (W.type == DType::Q8_0) gemv_group_q8_0(reinterpret_cast<const PackQ8_0*>(src), np, qx, out);
+        else gemv_group_q4_0(reinterpret_cast<const PackQ4_0*>(src), np, qx, out);
+        if (!whole) std::memcpy(y + g * kPackRows, tail, static_cast<size_t>(N - g * kPackRows) * sizeof(float));
       }
       return;
     }
   }
   throw Error("matmul '" + W.name + "': unsupported weight type " + dtype_name(W.type));
+}
+
+// ys[i][N_i] = Ws[i] · x for matrices that share x: x quantized once (when any is Q8_0/Q4_0),
+// then one pass of the pool over all their rows in 16-row units. Threads take chunks of units
+// from a shared counter rather than fixed halves: on a shared 2-core VM one thread is often
+// slowed (memory traffic, interrupts, a neighbour), and with a static split the other then spins
+// at the end of every matrix (measured: ~15% of a q4_0 token under load). A chunk (>= 64 rows)
+// is still one long sequential read.
+void gemv_multi(std::span<const MatmulTarget> targets, const float* x, ThreadPool* pool) {
+  bool quantized = false;
+  int64_t K = -1;
+  for (const MatmulTarget& t : targets) {
+    quantized = quantized || is_packable(t.W->type);
+    if (K >= 0 && t.W->cols() != K) throw Error("matmul_shared '" + t.W->name + "': input width differs from the others'");
+    K = t.W->cols();
+  }
+  thread_local QuantX qx;
+  if (quantized) quantize_x(x, K, qx);
+  const QuantX& xq = qx;
+  // Unit u of the combined row space: matrix i owns units [first[i], first[i + 1]).
+  thread_local std::vector<int64_t> first;
+  first.assign(1, 0);
+  for (const MatmulTarget& t : targets) first.push_back(first.back() + (t.W->rows() + kGemvRows - 1) / kGemvRows);
+  const std::vector<int64_t>& units = first;
+  auto run = [&](int64_t u0, int64_t u1, int) {
+    for (size_t i = 0; i < targets.size(); ++i) {
+      const int64_t a = std::max(u0, units[i]), b = std::min(u1, units[i + 1]);
+      if (a >= b) continue;
+      const int64_t N = targets[i].W->rows();
+      gemv_rows(*targets[i].W, x, xq, targets[i].y, (a - units[i]) * kGemvRows, std::min((b - units[i]) * kGemvRows, N));
+    }
+  };
+  const int64_t total = units.back();
+  if (!pool || pool->size() == 1 || total <= 1) {
+    run(0, total, 0);
+    return;
+  }
+  // Guided: each chunk is 1/(2·threads) of what is left (at least 4 units), so the last chunks,
+  // which decide how long the other thread waits, are small.
+  thread_local std::vector<int64_t> bounds;
+  bounds.assign(1, 0);
+  const int64_t parts = 2 * pool->size();
+  while (bounds.back() < total) {
+    const int64_t left = total - bounds.back();
+    bounds.push_back(bounds.back() + std::min(left, std::max<int64_t>(4, left / parts)));
+  }
+  const std::vector<int64_t>& chunks = bounds;
+  const int64_t n_chunks = static_cast<int64_t>(chunks.size()) - 1;
+  std::atomic<int64_t> next{0};
+  pool->parallel_for(pool->size(), [&](int64_t, int64_t, int thread) {
+    for (int64_t c = next.fetch_add(1, std::memory_order_relaxed); c < n_chunks; c = next.fetch_add(1, std::memory_order_relaxed))
+      run(chunks[static_cast<size_t>(c)], chunks[static_cast<size_t>(c) + 1], thread);
+  });
 }
 
 }  // namespace
@@ -307,7 +551,8 @@ void matmul(const TensorView& W, const float* x, float* y, int64_t M, ThreadPool
   const int64_t K = W.cols(), N = W.rows();
   if (M <= 0 || N <= 0) return;
   if (M == 1) {
-    gemv(W, x, y, pool);
+    const MatmulTarget t{&W, y};
+    gemv_multi(std::span<const MatmulTarget>(&t, 1), x, pool);
     return;
   }
   // Batched: OpenBLAS sgemm, single-threaded inside each pool thread, each thread owning a
@@ -331,7 +576,7 @@ void matmul(const TensorView& W, const float* x, float* y, int64_t M, ThreadPool
     float* tile = scratch.as<float>();
     for (int64_t n0 = r0; n0 < r1; n0 += tile_rows) {
       const int64_t t = std::min(tile_rows, r1 - n0);
-      for (int64_t r = 0; r < t; ++r) dequantize_row(W.type, base + (n0 + r) * rb, tile + r * K, K);
+      dequantize_rows(W, n0, n0 + t, tile);
       cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, static_cast<int>(t), k, 1.0f, x, k, tile, k, 0.0f,
                   y + n0, ldy);
     }
@@ -344,6 +589,22 @@ void matmul(const TensorView& W, const float* x, float* y, int64_t M, ThreadPool
   }
   const int64_t units = (N + 63) / 64;
   pool->parallel_for(units, [&](int64_t begin, int64_t end, int) { slice(begin * 64, std::min(end * 64, N)); });
+}
+
+void matmul_shared(std::span<const MatmulTarget> targets, const float* x, int64_t M, ThreadPool* pool) {
+  if (M == 1) {
+    gemv_multi(targets, x, pool);
+    return;
+  }
+  for (const MatmulTarget& t : targets) matmul(*t.W, x, t.y, M, pool);
+}
+
+void gemm(int64_t M, int64_t N, int64_t K, float alpha, const float* A, int64_t lda, const float* B, int64_t ldb,
+          bool b_transposed, float beta, float* C, int64_t ldc) {
+  if (M <= 0 || N <= 0) return;
+  blas_single_threaded();
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, b_transposed ? CblasTrans : CblasNoTrans, static_cast<int>(M), static_cast<int>(N),
+              static_cast<int>(K), alpha, A, static_cast<int>(lda), B, static_cast<int>(ldb), beta, C, static_cast<int>(ldc));
 }
 
 // --- elementwise ops -----------------------------------------------------------------------------
@@ -368,22 +629,26 @@ void rmsnorm(float* out, const float* x, const float* w, int64_t n, float eps) {
   for (; i < n; ++i) out[i] = x[i] * scale * w[i];
 }
 
-void rope(float* x, int64_t H, int64_t D, int64_t pos, float theta) {
-  // x (H, D). The D/2 angles are the same for every head: compute cos/sin once (in double, as the
-  // reference does), laid out per lane so one rotation is v*cos + swap_pairs(v)*(∓sin).
-  thread_local std::vector<float> cs, sn;
-  cs.resize(static_cast<size_t>(D));
-  sn.resize(static_cast<size_t>(D));
+void RopeAngles::set(int64_t D, int64_t pos, float theta) {
+  // The D/2 angles are the same for every head: cos/sin in double, as the reference computes them,
+  // laid out per lane so one rotation is v*cos + swap_pairs(v)*(∓sin).
+  D_ = D;
+  cos_.resize(static_cast<size_t>(D));
+  sin_.resize(static_cast<size_t>(D));
   const int64_t pairs = D / 2;
   for (int64_t i = 0; i < pairs; ++i) {
     const double freq = std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / D);
     const double angle = static_cast<double>(pos) * freq;
     const float c = static_cast<float>(std::cos(angle)), s = static_cast<float>(std::sin(angle));
-    cs[2 * i] = c;
-    cs[2 * i + 1] = c;
-    sn[2 * i] = -s;  // even: a*c - b*s
-    sn[2 * i + 1] = s;  // odd:  b*c + a*s
+    cos_[2 * i] = c;
+    cos_[2 * i + 1] = c;
+    sin_[2 * i] = -s;  // even: a*c - b*s
+    sin_[2 * i + 1] = s;  // odd:  b*c + a*s
   }
+}
+
+void RopeAngles::apply(float* x, int64_t H) const {
+  const int64_t D = D_, pairs = D / 2;
   const int64_t vec = (2 * pairs) / 8 * 8;
   for (int64_t h = 0; h < H; ++h) {
     float* v = x + h * D;
@@ -391,16 +656,23 @@ void rope(float* x, int64_t H, int64_t D, int64_t pos, float theta) {
     for (; j < vec; j += 8) {
       const __m256 a = _mm256_loadu_ps(v + j);
       const __m256 swapped = _mm256_permute_ps(a, 0xB1);  // (b0, a0, b1, a1, ...)
-      const __m256 r = _mm256_fmadd_ps(swapped, _mm256_loadu_ps(sn.data() + j),
-                                       _mm256_mul_ps(a, _mm256_loadu_ps(cs.data() + j)));
+      const __m256 r = _mm256_fmadd_ps(swapped, _mm256_loadu_ps(sin_.data() + j),
+                                       _mm256_mul_ps(a, _mm256_loadu_ps(cos_.data() + j)));
       _mm256_storeu_ps(v + j, r);
     }
     for (; j < 2 * pairs; j += 2) {
-      const float a = v[j], b = v[j + 1], c = cs[j], s = sn[j + 1];
+      const float a = v[j], b = v[j + 1], c = cos_[j], s = sin_[j + 1];
       v[j] = a * c - b * s;
       v[j + 1] = a * s + b * c;
     }
   }
+}
+
+void rope(float* x, int64_t H, int64_t D, int64_t pos, float theta) {
+  // x (H, D)
+  thread_local RopeAngles angles;
+  angles.set(D, pos, theta);
+  angles.apply(x, H);
 }
 
 void softmax(float* x, int64_t n) {

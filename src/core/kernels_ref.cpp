@@ -91,7 +91,10 @@ void embedding(const TensorView& table, int32_t token, float* out) {
 }
 
 // The quantized dots are ggml's scalar definitions: an exact integer dot product per 32-element
-// block, scaled by the product of the two block scales, summed in float in block order.
+// block, scaled by the product of the two block scales, summed in float in block order. The sum
+// step is written as std::fma (one rounding): compilers fuse `sum += sumi * scale` into an fma on
+// FMA targets anyway, and spelling it out makes the oracle the same under every compiler and
+// flag, so the GEMV (kernels.cpp), which does the same steps per row, can match it bit for bit.
 
 float dot_q8_0_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, int64_t n) {
   // w (n/32 blocks), x (n/32 blocks)
@@ -99,7 +102,7 @@ float dot_q8_0_q8_0(const BlockQ8_0* w, const BlockQ8_0* x, int64_t n) {
   for (int64_t b = 0; b < n / kQuantBlock; ++b) {
     int sumi = 0;
     for (int j = 0; j < kQuantBlock; ++j) sumi += w[b].qs[j] * x[b].qs[j];
-    sum += static_cast<float>(sumi) * (fp16_to_fp32(w[b].d) * fp16_to_fp32(x[b].d));
+    sum = std::fma(static_cast<float>(sumi), fp16_to_fp32(w[b].d) * fp16_to_fp32(x[b].d), sum);
   }
   return sum;
 }
@@ -113,7 +116,7 @@ float dot_q4_0_q8_0(const BlockQ4_0* w, const BlockQ8_0* x, int64_t n) {
       const int lo = (w[b].qs[j] & 0x0F) - 8, hi = (w[b].qs[j] >> 4) - 8;
       sumi += lo * x[b].qs[j] + hi * x[b].qs[j + 16];
     }
-    sum += static_cast<float>(sumi) * (fp16_to_fp32(w[b].d) * fp16_to_fp32(x[b].d));
+    sum = std::fma(static_cast<float>(sumi), fp16_to_fp32(w[b].d) * fp16_to_fp32(x[b].d), sum);
   }
   return sum;
 }

@@ -1,14 +1,14 @@
 // The memory bank: manifest, fixed-size checksummed records, SQLite catalog (see m3/bank.h).
 //
-// Durability model: records.bin is only ever appended to (pwrite at the end) or truncated to a
-// record boundary; everything else is replaced whole (tmp + fsync + rename) or lives in SQLite.
-// So after a crash the only damage possible in records.bin is a torn tail, which a writer cuts.
+// Durability model: records.bin is only ever appended to or truncated to a record boundary (its
+// I/O is record_store_file.cpp); everything else is replaced whole (tmp + fsync + rename) or
+// lives in SQLite. So after a crash the only damage possible in records.bin is a torn tail, which
+// a writer cuts here: the bank owns the checksums, the store only moves bytes.
 #include "m3/bank.h"
 
 #include <fcntl.h>
 #include <sqlite3.h>
 #include <sys/file.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
 
@@ -28,6 +28,7 @@
 #include "m3/error.h"
 #include "m3/file_io.h"
 #include "m3/model.h"
+#include "m3/record_store.h"
 
 namespace m3 {
 
@@ -49,6 +50,7 @@ constexpr const char* kCatalog = "catalog.sqlite";
 constexpr const char* kKeyParams = "key_codec.bin";
 constexpr const char* kValueParams = "value_codec.bin";
 constexpr const char* kLock = "LOCK";
+constexpr const char* kPayload = "payload.json";  // a cache of a pushed bank: {"uri": where its records are}
 
 std::string sys_error(const std::string& what, const std::string& path) {
   return what + " " + path + ": " + std::strerror(errno);
@@ -65,33 +67,6 @@ void write_all_fd(int fd, const void* data, size_t n, const std::string& path) {
     p += w;
     n -= size_t(w);
   }
-}
-
-void pwrite_all(int fd, const void* data, size_t n, int64_t off, const std::string& path) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    const ssize_t w = ::pwrite(fd, p, n, off);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      throw Error(sys_error("cannot write", path));
-    }
-    p += w;
-    off += w;
-    n -= size_t(w);
-  }
-}
-
-bool pread_all(int fd, void* data, size_t n, int64_t off) {
-  char* p = static_cast<char*>(data);
-  while (n > 0) {
-    const ssize_t r = ::pread(fd, p, n, off);
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    p += r;
-    off += r;
-    n -= size_t(r);
-  }
-  return true;
 }
 
 std::string read_whole(const std::string& path) {
@@ -267,9 +242,9 @@ MemoryBank::~MemoryBank() { close_files(); }
 
 void MemoryBank::close_files() {
   catalog_.reset();
-  if (records_fd_ >= 0) ::close(records_fd_);
+  records_.reset();
   if (lock_fd_ >= 0) ::close(lock_fd_);
-  records_fd_ = lock_fd_ = -1;
+  lock_fd_ = -1;
 }
 
 void MemoryBank::write_manifest() const {
@@ -336,10 +311,7 @@ std::unique_ptr<MemoryBank> MemoryBank::create(const std::string& dir_arg, const
   b->catalog_->db = open_sqlite(dir + "/" + kCatalog, true, true, b->catalog_->where);
   init_schema(b->catalog_->db, b->catalog_->where);
 
-  const std::string rec = dir + "/" + kRecords;
-  b->records_fd_ = ::open(rec.c_str(), O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (b->records_fd_ < 0) throw Error(sys_error("cannot create", rec));
-  if (::fsync(b->records_fd_) != 0) throw Error(sys_error("cannot fsync", rec));
+  b->records_ = open_file_record_store(dir + "/" + kRecords, b->record_size_, true, true);
   b->write_manifest();
   return b;
 }
@@ -423,23 +395,36 @@ void MemoryBank::load(const std::string& dir, bool writable) {
   catalog_->db = open_sqlite(cat, writable, false, catalog_->where);
   if (writable) init_schema(catalog_->db, catalog_->where);
 
+  const std::string payload = dir + "/" + kPayload;
+  if (fs::exists(payload)) {
+    // A cache of a bank pushed to a cluster (m3/bank_remote.h): the records stay there.
+    std::string uri;
+    try {
+      uri = json::parse(read_whole(payload)).at("uri").get<std::string>();
+    } catch (const json::exception& e) {
+      throw Error(where + ": " + kPayload + " is truncated or has no uri (" + e.what() + ")");
+    }
+    if (writable)
+      throw Error(where + " caches the bank " + uri + ", whose records live in the cluster: it opens read-only "
+                  "(change the bank it was pushed from, then push it again)");
+    records_ = open_remote_record_store(uri, record_size_);
+    payload_ = uri;
+    return;
+  }
   const std::string rec = dir + "/" + kRecords;
-  records_fd_ = ::open(rec.c_str(), (writable ? O_RDWR : O_RDONLY) | O_CLOEXEC);
-  if (records_fd_ < 0) throw Error(sys_error("cannot open", rec));
-  struct stat st {};
-  if (::fstat(records_fd_, &st) != 0) throw Error(sys_error("cannot stat", rec));
-  memories_ = int64_t(st.st_size) / record_size_;
+  records_ = open_file_record_store(rec, record_size_, writable, false);
+  payload_ = rec;
   if (writable) {
     // A crash can leave a partial last record (or, after a power loss, a last record whose pages
     // never reached the disk); drop such a tail so that appending resumes at a clean boundary.
     std::vector<uint8_t> buf(static_cast<size_t>(record_size_));
-    while (memories_ > 0 && (!pread_all(records_fd_, buf.data(), buf.size(), (memories_ - 1) * record_size_) ||
-                             !record_ok(buf.data(), memories_ - 1)))
-      --memories_;
-    if (int64_t(st.st_size) != memories_ * record_size_) {
-      if (::ftruncate(records_fd_, memories_ * record_size_) != 0) throw Error(sys_error("cannot truncate", rec));
-      if (::fsync(records_fd_) != 0) throw Error(sys_error("cannot fsync", rec));
+    int64_t n = records_->count();
+    while (n > 0) {
+      records_->read(n - 1, buf.data());
+      if (record_ok(buf.data(), n - 1)) break;
+      --n;
     }
+    if (records_->stored_bytes() != n * record_size_) records_->truncate(n);
   }
 }
 
@@ -505,7 +490,7 @@ int64_t MemoryBank::reference_count() const {
   return q.i64(0);
 }
 
-int64_t MemoryBank::memory_count() const { return memories_; }
+int64_t MemoryBank::memory_count() const { return records_->count(); }
 
 ReferenceInfo MemoryBank::reference(int64_t id) const {
   std::lock_guard<std::mutex> lock(catalog_->mu);
@@ -561,7 +546,7 @@ bool MemoryBank::needs_training() const {
 void MemoryBank::train_codecs(const std::vector<ExplicitMemory>& sample) {
   const std::string where = "bank " + dir_;
   if (!writable_) throw Error(where + " is open read-only");
-  if (memories_ > 0) throw Error(where + ": codecs can only be trained before the first memory is written");
+  if (memory_count() > 0) throw Error(where + ": codecs can only be trained before the first memory is written");
   const int64_t D = shape_.head_dim;
   std::vector<float> keys, values;
   for (const ExplicitMemory& m : sample) {
@@ -584,6 +569,7 @@ void MemoryBank::train_codecs(const std::vector<ExplicitMemory>& sample) {
     write_file_atomic(dir_ + "/" + file, codec->save_params());
   }
   record_size_ = record_bytes(shape_, key_codec_->code_size(), value_codec_->code_size());
+  records_ = open_file_record_store(dir_ + "/" + kRecords, record_size_, true, false);  // trained codes: a new size
   write_manifest();
 }
 
@@ -598,25 +584,44 @@ bool MemoryBank::record_ok(const uint8_t* rec, int64_t id) const {
 }
 
 std::string MemoryBank::record_error(int64_t id) const {
-  return "bank " + dir_ + ": record " + std::to_string(id) + " is corrupted (checksum mismatch)";
+  return "bank " + (is_remote() ? payload_ : dir_) + ": record " + std::to_string(id) + " is corrupted (checksum mismatch)";
+}
+
+void MemoryBank::check_id(int64_t id) const {
+  const int64_t n = memory_count();
+  if (id < 0 || id >= n)
+    throw Error("bank " + dir_ + ": no memory " + std::to_string(id) + " (it holds " + std::to_string(n) + ")");
 }
 
 void MemoryBank::read_record(int64_t id, std::vector<uint8_t>& buf) const {
-  if (id < 0 || id >= memories_)
-    throw Error("bank " + dir_ + ": no memory " + std::to_string(id) + " (it holds " + std::to_string(memories_) + ")");
+  check_id(id);
   buf.resize(size_t(record_size_));
-  if (!pread_all(records_fd_, buf.data(), buf.size(), id * record_size_))
-    throw Error(sys_error("cannot read record " + std::to_string(id) + " of", dir_ + "/" + kRecords));
+  records_->read(id, buf.data());
   if (!record_ok(buf.data(), id)) throw Error(record_error(id));
+}
+
+void MemoryBank::read_raw(int64_t first, int64_t n, std::vector<uint8_t>& out) const {
+  if (n <= 0) {
+    out.clear();
+    return;
+  }
+  check_id(first);
+  check_id(first + n - 1);
+  std::vector<int64_t> ids(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) ids[size_t(i)] = first + i;
+  out.resize(size_t(n * record_size_));
+  records_->read_many(ids.data(), ids.size(), out.data());
+  for (int64_t i = 0; i < n; ++i)
+    if (!record_ok(out.data() + i * record_size_, first + i)) throw Error(record_error(first + i));
 }
 
 void MemoryBank::append(const ExplicitMemory& m) {
   const std::string where = "bank " + dir_;
   if (!writable_) throw Error(where + " is open read-only");
   if (needs_training()) throw Error(where + ": the codecs must be trained before memories are written");
-  if (m.reference_id != memories_)
+  if (m.reference_id != memory_count())
     throw Error(where + ": appending memory " + std::to_string(m.reference_id) + ", expected " +
-                std::to_string(memories_) + " (memories are written in reference order)");
+                std::to_string(memory_count()) + " (memories are written in reference order)");
   const int64_t S = shape_.slots();
   if (int64_t(m.positions.size()) != S || int64_t(m.keys.size()) != shape_.floats() ||
       int64_t(m.values.size()) != shape_.floats())
@@ -658,32 +663,42 @@ void MemoryBank::append(const ExplicitMemory& m) {
   value_codec_->encode(m.values.data(), S, p);
   const uint64_t sum = XXH3_64bits(rec.data(), size_t(record_size_ - kChecksumBytes));
   std::memcpy(rec.data() + record_size_ - kChecksumBytes, &sum, 8);
-  try {
-    pwrite_all(records_fd_, rec.data(), rec.size(), memories_ * record_size_, dir_ + "/" + kRecords);
-  } catch (...) {
-    // Leave no partial record behind (e.g. after ENOSPC), so the next append lands correctly.
-    [[maybe_unused]] const int rc = ::ftruncate(records_fd_, memories_ * record_size_);
-    throw;
-  }
-  ++memories_;
+  records_->append(rec.data());
 }
 
 void MemoryBank::flush() {
-  if (records_fd_ >= 0 && writable_ && ::fdatasync(records_fd_) != 0)
-    throw Error(sys_error("cannot fsync", dir_ + "/" + kRecords));
+  if (records_ && writable_) records_->flush();
 }
 
 ExplicitMemory MemoryBank::read(int64_t id) const {
   std::vector<uint8_t> rec;
   read_record(id, rec);
+  return decode_record(rec.data(), id);
+}
+
+std::vector<ExplicitMemory> MemoryBank::read_many(const std::vector<int64_t>& ids) const {
+  for (const int64_t id : ids) check_id(id);
+  std::vector<uint8_t> recs(ids.size() * size_t(record_size_));
+  records_->read_many(ids.data(), ids.size(), recs.data());
+  std::vector<ExplicitMemory> out;
+  out.reserve(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const uint8_t* rec = recs.data() + i * size_t(record_size_);
+    if (!record_ok(rec, ids[i])) throw Error(record_error(ids[i]));
+    out.push_back(decode_record(rec, ids[i]));
+  }
+  return out;
+}
+
+ExplicitMemory MemoryBank::decode_record(const uint8_t* rec, int64_t id) const {
   const int64_t S = shape_.slots(), D = shape_.head_dim;
   ExplicitMemory m;
   m.reference_id = id;
   uint16_t n_tokens;
-  std::memcpy(&n_tokens, rec.data() + 16, 2);
+  std::memcpy(&n_tokens, rec + 16, 2);
   m.n_tokens = n_tokens;
   m.resize(shape_);
-  const uint8_t* p = rec.data() + kHeaderBytes;
+  const uint8_t* p = rec + kHeaderBytes;
   for (int64_t s = 0; s < S; ++s) m.positions[size_t(s)] = p[s] == kUnusedPosition ? int16_t(-1) : int16_t(p[s]);
   p += S;
   key_codec_->decode(p, S, m.keys.data());
@@ -698,11 +713,37 @@ ExplicitMemory MemoryBank::read(int64_t id) const {
   return m;
 }
 
+void MemoryBank::snapshot_catalog(const std::string& path) const {
+  const std::string w = "bank " + dir_ + ": catalog snapshot " + path;
+  std::error_code ec;
+  fs::remove(path, ec);
+  sqlite3* dst = open_sqlite(path, true, true, w);
+  try {
+    {
+      // The online backup API copies a consistent snapshot page by page, what is still in the
+      // WAL included, while other connections go on reading.
+      std::lock_guard<std::mutex> lock(catalog_->mu);
+      sqlite3_backup* b = sqlite3_backup_init(dst, "main", catalog_->db, "main");
+      if (!b) throw Error(w + ": " + sqlite3_errmsg(dst));
+      const int rc = sqlite3_backup_step(b, -1);
+      sqlite3_backup_finish(b);
+      if (rc != SQLITE_DONE) throw Error(w + ": " + sqlite3_errstr(rc));
+    }
+    // Rollback journaling: the copy is one self-contained file (no -wal/-shm beside it), which
+    // several processes may open read-only and which can be replaced by a rename.
+    exec(dst, "PRAGMA journal_mode=DELETE", w);
+  } catch (...) {
+    sqlite3_close_v2(dst);
+    throw;
+  }
+  if (sqlite3_close_v2(dst) != SQLITE_OK) throw Error(w + ": cannot close");
+}
+
 // ---- maintenance ------------------------------------------------------------------------------
 
 int64_t MemoryBank::compact() {
   const std::string where = "bank " + dir_;
-  if (!writable_) throw Error(where + " is open read-only");
+  if (!writable_) throw Error(where + " is open read-only");  // so its records are in records.bin
   const std::string next_dir = dir_ + ".compact";
   std::error_code ec;
   fs::remove_all(next_dir, ec);  // the leftover of an interrupted compaction, if any
@@ -761,7 +802,7 @@ int64_t MemoryBank::compact() {
       if (fd < 0) throw Error(sys_error("cannot create", rec_path));
       try {
         std::vector<uint8_t> rec;
-        for (size_t i = 0; i < kept_ids.size() && kept_ids[i] < memories_; ++i) {
+        for (size_t i = 0; i < kept_ids.size() && kept_ids[i] < memory_count(); ++i) {
           read_record(kept_ids[i], rec);
           const int64_t new_id = int64_t(i);
           std::memcpy(rec.data() + 8, &new_id, 8);
@@ -815,11 +856,49 @@ int64_t MemoryBank::compact() {
 
 VerifyReport MemoryBank::verify() const {
   VerifyReport r;
-  const std::string rec_path = dir_ + "/" + kRecords;
-  struct stat st {};
-  if (::fstat(records_fd_, &st) == 0 && int64_t(st.st_size) % record_size_ != 0)
-    r.problems.push_back(rec_path + " ends with a partial record of " + std::to_string(int64_t(st.st_size) % record_size_) +
+  const int64_t memories = memory_count();
+  const int64_t tail = records_->stored_bytes() % record_size_;
+  if (tail != 0)
+    r.problems.push_back(records_->describe() + " ends with a partial record of " + std::to_string(tail) +
                          " bytes (opening the bank for writing removes it)");
+
+  // Records are read in batches (one round trip per batch from a remote store, ids ascending); a
+  // batch that cannot be read is read again one record at a time, so one unreadable record (a bad
+  // sector) does not hide the others: it counts as corrupted. Three unreadable records in a row
+  // mean the store itself is failing (a cluster out of reach): verify stops with its error rather
+  // than wait out a retry budget for every record.
+  constexpr int64_t kBatch = 256;
+  std::vector<uint8_t> batch;
+  std::vector<char> readable;
+  int64_t batch_first = -1, batch_n = 0;
+  std::string read_problem;
+  auto record_at = [&](int64_t id) -> const uint8_t* {
+    if (id < batch_first || id >= batch_first + batch_n) {
+      batch_first = id;
+      batch_n = std::min(kBatch, memories - id);
+      std::vector<int64_t> ids(static_cast<size_t>(batch_n));
+      for (int64_t i = 0; i < batch_n; ++i) ids[size_t(i)] = id + i;
+      batch.resize(size_t(batch_n * record_size_));
+      readable.assign(size_t(batch_n), 1);
+      try {
+        records_->read_many(ids.data(), ids.size(), batch.data());
+      } catch (const Error&) {
+        int in_a_row = 0;
+        for (int64_t i = 0; i < batch_n; ++i) try {
+            records_->read(id + i, batch.data() + i * record_size_);
+            in_a_row = 0;
+          } catch (const Error& e) {
+            readable[size_t(i)] = 0;
+            if (read_problem.empty()) read_problem = e.what();
+            if (++in_a_row == 3)
+              throw Error("bank " + dir_ + ": verify stopped at record " + std::to_string(id + i) +
+                          ", its records cannot be read: " + e.what());
+          }
+      }
+    }
+    const int64_t k = id - batch_first;
+    return readable[size_t(k)] ? batch.data() + k * record_size_ : nullptr;
+  };
 
   std::lock_guard<std::mutex> lock(catalog_->mu);
   sqlite3* db = catalog_->db;
@@ -862,7 +941,6 @@ VerifyReport MemoryBank::verify() const {
   }
 
   Stmt refs(db, "SELECT id, n_tokens FROM refs ORDER BY id", w);
-  std::vector<uint8_t> rec(static_cast<size_t>(record_size_));
   const int64_t S = shape_.slots();
   const int K = shape_.kept;
   int64_t expect_id = 0;
@@ -873,14 +951,15 @@ VerifyReport MemoryBank::verify() const {
       r.problems.push_back("catalog: reference ids jump from " + std::to_string(expect_id - 1) + " to " + std::to_string(id));
       break;
     }
-    if (id >= memories_) continue;
+    if (id >= memories) continue;
     ++r.records_checked;
-    if (!pread_all(records_fd_, rec.data(), rec.size(), id * record_size_) || !record_ok(rec.data(), id)) {
+    const uint8_t* rec = record_at(id);
+    if (!rec || !record_ok(rec, id)) {
       r.corrupted.push_back(id);
       continue;
     }
     uint16_t n_tokens;
-    std::memcpy(&n_tokens, rec.data() + 16, 2);
+    std::memcpy(&n_tokens, rec + 16, 2);
     if (n_tokens != refs.i64(1))
       r.problems.push_back("record " + std::to_string(id) + " has " + std::to_string(n_tokens) +
                            " tokens, its reference " + std::to_string(refs.i64(1)));
@@ -900,14 +979,15 @@ VerifyReport MemoryBank::verify() const {
         }
       }
   }
-  for (int64_t id = expect_id; id < memories_; ++id) {
+  for (int64_t id = expect_id; id < memories; ++id) {
     ++r.records_checked;
-    if (!pread_all(records_fd_, rec.data(), rec.size(), id * record_size_) || !record_ok(rec.data(), id))
-      r.corrupted.push_back(id);
+    const uint8_t* rec = record_at(id);
+    if (!rec || !record_ok(rec, id)) r.corrupted.push_back(id);
   }
-  if (expect_id < memories_)
-    r.problems.push_back("records " + std::to_string(expect_id) + ".." + std::to_string(memories_ - 1) +
+  if (expect_id < memories)
+    r.problems.push_back("records " + std::to_string(expect_id) + ".." + std::to_string(memories - 1) +
                          " have no reference in the catalog");
+  if (!read_problem.empty()) r.problems.push_back("cannot read every record: " + read_problem);
   return r;
 }
 
@@ -932,7 +1012,8 @@ BankInfo MemoryBank::info() const {
     i.references = r.i64(0);
     i.deleted_references = r.i64(1);
   }
-  i.memories = memories_;
+  i.memories = memory_count();
+  i.payload = is_remote() ? payload_ : kRecords;
   i.record_bytes = record_size_;
   i.code_bytes = shape_.slots() * int64_t(key_codec_->code_size() + value_codec_->code_size());
   i.raw_bf16_bytes = memory_bytes_bf16(shape_);
@@ -940,8 +1021,7 @@ BankInfo MemoryBank::info() const {
   i.full_kv_bytes = int64_t(c.n_layers) * 2 * c.n_heads * c.memory.reference_length * c.head_dim * 2;
   i.compression_vs_bf16 = double(i.raw_bf16_bytes) / double(record_size_);
   i.compression_vs_full_kv = double(i.full_kv_bytes) / double(record_size_);
-  struct stat st {};
-  if (records_fd_ >= 0 && ::fstat(records_fd_, &st) == 0) i.records_file_bytes = st.st_size;
+  i.records_file_bytes = records_->stored_bytes();
   return i;
 }
 

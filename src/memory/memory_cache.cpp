@@ -1,6 +1,8 @@
 // The LRU cache of decoded memories: a list in recency order plus a hash index into it.
 #include "m3/memory_cache.h"
 
+#include <algorithm>
+
 namespace m3 {
 
 MemoryCache::MemoryCache(size_t capacity) : capacity_(capacity) { stats_.capacity = capacity; }
@@ -37,6 +39,10 @@ std::shared_ptr<const ExplicitMemory> MemoryCache::get_or_load(int64_t id, const
   auto loaded = std::make_shared<const ExplicitMemory>(loader(id));
   if (capacity_ == 0) return loaded;
   std::lock_guard<std::mutex> lock(mu_);
+  return insert_locked(id, std::move(loaded));
+}
+
+std::shared_ptr<const ExplicitMemory> MemoryCache::insert_locked(int64_t id, std::shared_ptr<const ExplicitMemory> loaded) {
   if (auto m = lookup_locked(id)) return m;  // another thread loaded it first
   order_.emplace_front(id, loaded);
   index_[id] = order_.begin();
@@ -46,6 +52,34 @@ std::shared_ptr<const ExplicitMemory> MemoryCache::get_or_load(int64_t id, const
     ++stats_.evictions;
   }
   return loaded;
+}
+
+std::vector<std::shared_ptr<const ExplicitMemory>> MemoryCache::get_or_load_many(const std::vector<int64_t>& ids,
+                                                                                 const ManyLoader& loader) {
+  std::vector<std::shared_ptr<const ExplicitMemory>> out(ids.size());
+  std::vector<int64_t> missing;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = 0; i < ids.size(); ++i) {
+      out[i] = lookup_locked(ids[i]);
+      if (out[i]) {
+        ++stats_.hits;
+      } else if (std::find(missing.begin(), missing.end(), ids[i]) == missing.end()) {
+        missing.push_back(ids[i]);
+        ++stats_.misses;
+      }
+    }
+  }
+  if (missing.empty()) return out;
+  std::vector<ExplicitMemory> loaded = loader(missing);  // without the lock, as get_or_load
+  std::lock_guard<std::mutex> lock(mu_);
+  for (size_t k = 0; k < missing.size() && k < loaded.size(); ++k) {
+    auto m = std::make_shared<const ExplicitMemory>(std::move(loaded[k]));
+    if (capacity_ > 0) m = insert_locked(missing[k], std::move(m));
+    for (size_t i = 0; i < ids.size(); ++i)
+      if (!out[i] && ids[i] == missing[k]) out[i] = m;
+  }
+  return out;
 }
 
 bool MemoryCache::contains(int64_t id) const {

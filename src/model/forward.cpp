@@ -36,6 +36,7 @@ void KVCache::truncate(int n) {
 }
 
 Forward::Forward(const Model& model, ThreadPool* pool, int max_batch) : model_(model), pool_(pool), max_batch_(max_batch) {
+  model.prepare_kernels();
   const ModelConfig& c = model.config();
   const size_t T = static_cast<size_t>(max_batch), Q = size_t(c.n_heads) * c.head_dim, KV = size_t(c.n_kv_heads) * c.head_dim;
   x_ = Buffer(T * c.dim * 4);
@@ -77,11 +78,84 @@ void Forward::eval(std::span<const int32_t> tokens, KVCache& cache, float* logit
   }
 }
 
+// One (token, head) pair per work item: dot products against each key row. Used for short calls
+// (decode), where a GEMM per head would be all overhead.
+void Forward::attend_rows(int l, int64_t T, int p0, const ExtraKV& ex, const KVCache& cache) {
+  const ModelConfig& c = model_.config();
+  const int64_t H = c.n_heads, D = c.head_dim, Q = H * D, group = H / c.n_kv_heads;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float* q = q_.as<float>();
+  float* att = att_.as<float>();
+  const size_t stride = scores_.size() / static_cast<size_t>(pool_ ? pool_->size() : 1);
+  auto attend = [&](int64_t begin, int64_t end, int thread) {
+    float* s = scores_.data() + static_cast<size_t>(thread) * stride;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t t = item / H, hd = item % H, g = hd / group;
+      const int64_t n_keys = p0 + t + 1, ne = ex.n;
+      const float* qh = q + t * Q + hd * D;
+      const float* ek = ex.k + g * ne * D;
+      const float* ev = ex.v + g * ne * D;
+      for (int64_t j = 0; j < ne; ++j) s[j] = dot_f32(qh, ek + j * D, D) * scale;
+      float* sc = s + ne;
+      for (int64_t j = 0; j < n_keys; ++j) sc[j] = dot_f32(qh, cache.k(l, static_cast<int>(j)) + g * D, D) * scale;
+      softmax(s, ne + n_keys);
+      float* out = att + t * Q + hd * D;
+      std::fill(out, out + D, 0.0f);
+      for (int64_t j = 0; j < ne; ++j) {
+        const float* vj = ev + j * D;
+        const float p = s[j];
+        for (int64_t d = 0; d < D; ++d) out[d] += p * vj[d];
+      }
+      for (int64_t j = 0; j < n_keys; ++j) {
+        const float* vj = cache.v(l, static_cast<int>(j)) + g * D;
+        const float p = sc[j];
+        for (int64_t d = 0; d < D; ++d) out[d] += p * vj[d];
+      }
+    }
+  };
+  if (pool_) pool_->parallel_for(T * H, attend); else attend(0, T * H, 0);
+}
+
+// Prefill: one (head, tile of kAttnTile queries) per work item, as small GEMMs (m3::gemm,
+// single-threaded inside each pool thread): S = scale · Q_tile · [E_k; K]ᵀ over the extra keys and the cache
+// rows the tile's last query sees, a causal mask (row t keeps ne + p0 + t + 1 columns) with a
+// softmax per row, then out = S · [E_v; V]. Masked entries are exact zeros, so the columns a query
+// does not see add nothing; the waste is the upper triangle of each tile's last kAttnTile keys.
+void Forward::attend_batched(int l, int64_t T, int p0, const ExtraKV& ex, const KVCache& cache) {
+  const ModelConfig& c = model_.config();
+  const int64_t H = c.n_heads, G = c.n_kv_heads, D = c.head_dim, Q = H * D, KV = G * D, group = H / G;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+  const float* q = q_.as<float>();
+  float* att = att_.as<float>();
+  const int64_t tiles = (T + kAttnTile - 1) / kAttnTile, ne = ex.n;
+  const size_t stride = scores_.size() / static_cast<size_t>(pool_ ? pool_->size() : 1);
+  auto attend = [&](int64_t begin, int64_t end, int thread) {
+    float* s = scores_.data() + static_cast<size_t>(thread) * stride;
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t hd = item / tiles, t0 = (item % tiles) * kAttnTile, t1 = std::min(T, t0 + kAttnTile);
+      const int64_t g = hd / group, rows = t1 - t0, nk = p0 + t1, ld = ne + nk;
+      const float* qt = q + t0 * Q + hd * D;
+      float* out = att + t0 * Q + hd * D;
+      if (ne > 0) gemm(rows, ne, D, scale, qt, Q, ex.k + g * ne * D, D, true, 0.0f, s, ld);
+      gemm(rows, nk, D, scale, qt, Q, cache.k(l, 0) + g * D, KV, true, 0.0f, s + ne, ld);
+      for (int64_t i = 0; i < rows; ++i) {
+        float* row = s + i * ld;
+        const int64_t keep = ne + p0 + t0 + i + 1;
+        softmax(row, keep);
+        std::fill(row + keep, row + ld, 0.0f);
+      }
+      if (ne > 0) gemm(rows, D, ne, 1.0f, s, ld, ex.v + g * ne * D, D, false, 0.0f, out, Q);
+      gemm(rows, D, nk, 1.0f, s + ne, ld, cache.v(l, 0) + g * D, KV, false, ne > 0 ? 1.0f : 0.0f, out, Q);
+    }
+  };
+  if (pool_) pool_->parallel_for(H * tiles, attend); else attend(0, H * tiles, 0);
+}
+
 void Forward::eval_batch(std::span<const int32_t> tokens, KVCache& cache, float* logits, bool all_logits, const EvalOptions& options) {
   const ModelConfig& c = model_.config();
   const int64_t T = static_cast<int64_t>(tokens.size());
   const int64_t C = c.dim, H = c.n_heads, G = c.n_kv_heads, D = c.head_dim, F = c.ffn_dim;
-  const int64_t Q = H * D, KV = G * D, group = H / G;
+  const int64_t Q = H * D, KV = G * D;
   const int p0 = cache.size();
   float* x = x_.as<float>();
   float* xn = xn_.as<float>();
@@ -92,11 +166,15 @@ void Forward::eval_batch(std::span<const int32_t> tokens, KVCache& cache, float*
   float* h = h_.as<float>();
   float* gate = gate_.as<float>();
   float* up = up_.as<float>();
-  const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-  const int n_threads = pool_ ? pool_->size() : 1;
   int max_extra = 0;
   for (const ExtraKV& e : options.extra) max_extra = std::max(max_extra, e.n);
-  std::vector<std::vector<float>> scores(n_threads, std::vector<float>(static_cast<size_t>(max_extra + p0 + T)));
+  const int n_threads = pool_ ? pool_->size() : 1;
+  const size_t score_rows = T >= kAttnTile / 4 ? static_cast<size_t>(kAttnTile) : 1;
+  const size_t need = static_cast<size_t>(n_threads) * score_rows * static_cast<size_t>(max_extra + p0 + T);
+  if (scores_.size() < need) scores_.resize(need);
+  // RoPE angles of this call's positions, shared by q and k of every layer.
+  rope_.resize(static_cast<size_t>(T));
+  for (int64_t t = 0; t < T; ++t) rope_[t].set(D, cache.position(p0 + static_cast<int>(t)), c.rope_theta);
 
   for (int64_t t = 0; t < T; ++t) embedding(model_.token_embd, tokens[t], x + t * C);
 
@@ -105,59 +183,32 @@ void Forward::eval_batch(std::span<const int32_t> tokens, KVCache& cache, float*
     const LayerWeights& w = model_.layers[l];
     const float* norm_w = static_cast<const float*>(w.attn_norm.data);
     for (int64_t t = 0; t < T; ++t) rmsnorm(xn + t * C, x + t * C, norm_w, C, c.rms_eps);
-    matmul(w.wq, xn, q, T, pool_);
-    matmul(w.wk, xn, k, T, pool_);
-    matmul(w.wv, xn, v, T, pool_);
+    const MatmulTarget qkv[] = {{&w.wq, q}, {&w.wk, k}, {&w.wv, v}};
+    matmul_shared(qkv, xn, T, pool_);
     if (options.observer) {
       std::memcpy(q_raw_.data(), q, T * Q * sizeof(float));
       std::memcpy(k_raw_.data(), k, T * KV * sizeof(float));
     }
     for (int64_t t = 0; t < T; ++t) {
-      const int pos = cache.position(p0 + static_cast<int>(t));
-      rope(q + t * Q, H, D, pos, c.rope_theta);
-      rope(k + t * KV, G, D, pos, c.rope_theta);
+      rope_[t].apply(q + t * Q, H);
+      rope_[t].apply(k + t * KV, G);
       std::memcpy(cache.k(l, p0 + static_cast<int>(t)), k + t * KV, KV * sizeof(float));
       std::memcpy(cache.v(l, p0 + static_cast<int>(t)), v + t * KV, KV * sizeof(float));
     }
     if (options.observer) options.observer->on_layer(l, T, q_raw_.as<float>(), k_raw_.as<float>(), cache, p0);
-    // Causal attention, one (token, head) pair per work item. The extra keys (memories) come
-    // first in the softmax and are visible to every query of the call.
+    // Causal attention. The extra keys (memories) come first in the softmax and are visible to
+    // every query of the call.
     const ExtraKV none;
     const ExtraKV& ex = l < static_cast<int>(options.extra.size()) ? options.extra[l] : none;
-    auto attend = [&](int64_t begin, int64_t end, int thread) {
-      float* s = scores[thread].data();
-      for (int64_t item = begin; item < end; ++item) {
-        const int64_t t = item / H, hd = item % H, g = hd / group;
-        const int64_t n_keys = p0 + t + 1, ne = ex.n;
-        const float* qh = q + t * Q + hd * D;
-        const float* ek = ex.k + g * ne * D;
-        const float* ev = ex.v + g * ne * D;
-        for (int64_t j = 0; j < ne; ++j) s[j] = dot_f32(qh, ek + j * D, D) * scale;
-        float* sc = s + ne;
-        for (int64_t j = 0; j < n_keys; ++j) sc[j] = dot_f32(qh, cache.k(l, static_cast<int>(j)) + g * D, D) * scale;
-        softmax(s, ne + n_keys);
-        float* out = att + t * Q + hd * D;
-        std::fill(out, out + D, 0.0f);
-        for (int64_t j = 0; j < ne; ++j) {
-          const float* vj = ev + j * D;
-          const float p = s[j];
-          for (int64_t d = 0; d < D; ++d) out[d] += p * vj[d];
-        }
-        for (int64_t j = 0; j < n_keys; ++j) {
-          const float* vj = cache.v(l, static_cast<int>(j)) + g * D;
-          const float p = sc[j];
-          for (int64_t d = 0; d < D; ++d) out[d] += p * vj[d];
-        }
-      }
-    };
-    if (pool_) pool_->parallel_for(T * H, attend); else attend(0, T * H, 0);
+    if (T >= kAttnTile / 4) attend_batched(l, T, p0, ex, cache);
+    else attend_rows(l, T, p0, ex, cache);
     matmul(w.wo, att, h, T, pool_);
     for (int64_t i = 0; i < T * C; ++i) x[i] += h[i];
 
     const float* ffn_w = static_cast<const float*>(w.ffn_norm.data);
     for (int64_t t = 0; t < T; ++t) rmsnorm(xn + t * C, x + t * C, ffn_w, C, c.rms_eps);
-    matmul(w.w_gate, xn, gate, T, pool_);
-    matmul(w.w_up, xn, up, T, pool_);
+    const MatmulTarget gate_up[] = {{&w.w_gate, gate}, {&w.w_up, up}};
+    matmul_shared(gate_up, xn, T, pool_);
     swiglu(gate, gate, up, T * F);
     matmul(w.w_down, gate, h, T, pool_);
     for (int64_t i = 0; i < T * C; ++i) x[i] += h[i];

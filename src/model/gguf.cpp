@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <fstream>
@@ -56,6 +57,7 @@ class Cursor {
  public:
   Cursor(const uint8_t* data, size_t size, const std::string& path) : p_(data), size_(size), path_(path) {}
   size_t offset() const { return off_; }
+  size_t left() const { return size_ - off_; }
   void need(size_t n, const std::string& what) const {
     if (n > size_ - off_)
       throw Error(path_ + ": truncated file: " + what + " needs " + std::to_string(n) + " bytes at offset " +
@@ -121,7 +123,7 @@ GGUFValue read_value(Cursor& c, GGUFType type, const std::string& key, const std
     const uint64_t n = c.read<uint64_t>(what + " array length");
     if (v.array_type == GGUFType::STRING) {
       if (n > (1ull << 26)) throw Error(path + ": " + what + " has an impossible array length " + std::to_string(n));
-      v.strings.reserve(n);
+      v.strings.reserve(std::min<uint64_t>(n, c.left() / 8));  // each needs its 8-byte length: no huge reserve for a lying n
       for (uint64_t i = 0; i < n; ++i) v.strings.push_back(c.read_string(what + " element"));
     } else {
       const size_t es = scalar_size(v.array_type);
@@ -139,7 +141,10 @@ GGUFValue read_value(Cursor& c, GGUFType type, const std::string& key, const std
     switch (type) {
       case GGUFType::UINT64: std::memcpy(&v.u, p, 8); v.i = static_cast<int64_t>(v.u); break;
       case GGUFType::INT64: std::memcpy(&v.i, p, 8); v.u = static_cast<uint64_t>(v.i); break;
-      default: v.i = static_cast<int64_t>(v.f); v.u = static_cast<uint64_t>(v.i); break;
+      // A float lives in f alone: converting any float to an integer is undefined behaviour when
+      // it is out of range or NaN (found by fuzz_gguf), and no getter reads a float as an integer.
+      case GGUFType::FLOAT32: case GGUFType::FLOAT64: break;
+      default: v.i = static_cast<int64_t>(v.f); v.u = static_cast<uint64_t>(v.i); break;  // ≤ 32-bit ints, bool: exact
     }
   }
   return v;
@@ -187,7 +192,7 @@ std::unique_ptr<GGUFFile> GGUFFile::open(const std::string& path, FileLoad mode)
 
   struct Info { TensorView view; uint64_t offset; };
   std::vector<Info> infos;
-  infos.reserve(n_tensors);
+  infos.reserve(std::min<uint64_t>(n_tensors, c.left() / 32));  // a tensor info takes at least 32 bytes
   for (uint64_t i = 0; i < n_tensors; ++i) {
     Info info;
     info.view.name = c.read_string("tensor name #" + std::to_string(i));
@@ -195,9 +200,13 @@ std::unique_ptr<GGUFFile> GGUFFile::open(const std::string& path, FileLoad mode)
     const uint32_t n_dims = c.read<uint32_t>(what + " dimension count");
     if (n_dims < 1 || n_dims > 4) throw Error(path + ": " + what + " has " + std::to_string(n_dims) + " dimensions (1 to 4 supported)");
     info.view.n_dims = static_cast<int>(n_dims);
+    uint64_t elements = 1;  // kept below 2^56 so that no byte count computed from the shape overflows
     for (uint32_t d = 0; d < n_dims; ++d) {
       const uint64_t ne = c.read<uint64_t>(what + " shape");
       if (ne == 0 || ne > (1ull << 40)) throw Error(path + ": " + what + " has an impossible dimension " + std::to_string(ne));
+      if (ne > (1ull << 56) / elements)
+        throw Error(path + ": " + what + " has an impossible shape (more than 2^56 elements)");
+      elements *= ne;
       info.view.ne[d] = static_cast<int64_t>(ne);
     }
     const uint32_t type = c.read<uint32_t>(what + " type");

@@ -8,6 +8,7 @@
 #include <random>
 
 #include "m3/error.h"
+#include "m3/kernels.h"
 
 namespace m3 {
 
@@ -101,7 +102,10 @@ std::string fingerprint_of(const ModelConfig& c, const std::vector<const TensorV
 
 std::unique_ptr<Model> Model::load(const std::string& path, FileLoad mode) {
   std::unique_ptr<Model> m(new Model());
-  m->file_ = GGUFFile::open(path, mode);
+  // Always mapped: FileLoad::Read's copies are the kernels' own (prepare_kernels), so the matrices
+  // are not held twice.
+  m->file_ = GGUFFile::open(path, FileLoad::Map);
+  m->mode_ = mode;
   const GGUFFile& f = *m->file_;
   m->config_ = read_config(f);
   const ModelConfig& c = m->config_;
@@ -132,7 +136,33 @@ std::unique_ptr<Model> Model::load(const std::string& path, FileLoad mode) {
   }
   m->fingerprint_ = f.get_string_opt(kFingerprintKey).value_or("");
   if (m->fingerprint_.empty()) m->fingerprint_ = m->compute_fingerprint();
+  if (mode == FileLoad::Read) m->prepare_kernels();
   return m;
+}
+
+void Model::prepare_kernels() const {
+  std::call_once(kernels_once_, [this] {
+    // The views are the model's own; only their data/packed pointers change, before any kernel
+    // reads them (call_once orders this before every caller's return).
+    Model& self = const_cast<Model&>(*this);
+    std::vector<TensorView*> matrices;
+    for (LayerWeights& w : self.layers)
+      for (TensorView* t : {&w.wq, &w.wk, &w.wv, &w.wo, &w.w_gate, &w.w_up, &w.w_down}) matrices.push_back(t);
+    matrices.push_back(&self.output);
+    for (TensorView* t : matrices) {
+      if (const size_t bytes = packed_bytes(*t)) {
+        Buffer b(bytes);
+        pack_weights(*t, b.data(), nullptr);
+        t->packed = b.data();
+        kernel_copies_.push_back(std::move(b));
+      } else if (mode_ == FileLoad::Read) {
+        Buffer b(t->nbytes());
+        std::memcpy(b.data(), t->data, t->nbytes());
+        t->data = b.data();
+        kernel_copies_.push_back(std::move(b));
+      }
+    }
+  });
 }
 
 std::string Model::compute_fingerprint() const {

@@ -32,8 +32,9 @@ std::vector<ChunkMemory> BankMemorySource::select(int /*chunk*/, const std::stri
   uint64_t dropped = 0;
   std::vector<int32_t> query_tokens;
   const std::vector<int32_t>& leak = options_.leakage_tokens.empty() ? query_tokens : options_.leakage_tokens;
+  std::vector<int64_t> ids;
   for (const SearchHit& h : hits) {
-    if (static_cast<int>(out.size()) >= options_.per_chunk) break;
+    if (static_cast<int>(ids.size()) >= options_.per_chunk) break;
     if (h.id < 0 || h.id >= bank_.memory_count()) continue;  // not memorized (yet)
     // A deleted reference is never read, even if a retriever's index is stale (e.g. a dense
     // index saved before a crash that interrupted a delete).
@@ -48,12 +49,19 @@ std::vector<ChunkMemory> BankMemorySource::select(int /*chunk*/, const std::stri
         continue;
       }
     }
+    ids.push_back(h.id);
+  }
+  // The chunk's memories in one read: one round trip per node when the records are in a cluster.
+  std::vector<std::shared_ptr<const ExplicitMemory>> memories;
+  if (cache_) {
+    memories = cache_->get_or_load_many(ids, [&](const std::vector<int64_t>& missing) { return bank_.read_many(missing); });
+  } else {
+    for (ExplicitMemory& m : bank_.read_many(ids)) memories.push_back(std::make_shared<const ExplicitMemory>(std::move(m)));
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
     ChunkMemory m;
-    m.reference_id = h.id;
-    if (cache_)
-      m.memory = cache_->get_or_load(h.id, [&](int64_t id) { return bank_.read(id); });
-    else
-      m.memory = std::make_shared<const ExplicitMemory>(bank_.read(h.id));
+    m.reference_id = ids[i];
+    m.memory = std::move(memories[i]);
     out.push_back(std::move(m));
   }
   std::lock_guard<std::mutex> lock(mu_);

@@ -243,4 +243,38 @@ CompletionRequest parse_completion(const json& body, bool chat, const SamplerPar
   return r;
 }
 
+DocumentRequest parse_document(const json& body) {
+  auto str = [&](const char* f, bool required) {
+    const json* v = get(body, f);
+    if (!v) {
+      if (required) throw bad_request(std::string("'") + f + "' is required.", f, "missing_required_parameter");
+      return std::string();
+    }
+    if (!v->is_string()) throw wrong_type(f, "a string", *v);
+    return v->get<std::string>();
+  };
+  DocumentRequest d;
+  d.id = str("id", true);
+  d.text = str("text", true);
+  d.title = str("title", false);
+  d.source = str("source", false);
+  if (d.source.empty()) d.source = "api";
+  if (d.id.empty() || d.id.size() > 1024) throw bad_request("'id' must be 1 to 1024 bytes long.", "id", "invalid_value");
+  return d;
+}
+
+SearchRequest parse_search(const json& body) {
+  SearchRequest s;
+  const json* q = get(body, "query");
+  if (!q) throw bad_request("'query' is required.", "query", "missing_required_parameter");
+  if (!q->is_string()) throw wrong_type("query", "a string", *q);
+  s.query = q->get<std::string>();
+  if (const json* v = get(body, "k")) {
+    const int64_t k = integer(*v, "k");
+    if (k < 1 || k > 100) throw bad_request("'k' must be between 1 and 100.", "k", "invalid_value");
+    s.k = static_cast<int>(k);
+  }
+  return s;
+}
+
 }  // namespace m3::server

@@ -64,4 +64,17 @@ struct CompletionRequest {
 CompletionRequest parse_completion(const json& body, bool chat, const SamplerParams& defaults, int max_tokens_limit,
                                    int vocab_size);
 
+// POST /v1/knowledge/documents: {id (1..1024 bytes), text, title?, source? (default "api")}.
+struct DocumentRequest {
+  std::string id, text, title, source;
+};
+DocumentRequest parse_document(const json& body);
+
+// POST /v1/knowledge/search: {query, k? (1..100, default 5)}.
+struct SearchRequest {
+  std::string query;
+  int k = 5;
+};
+SearchRequest parse_search(const json& body);
+
 }  // namespace m3::server

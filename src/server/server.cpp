@@ -324,8 +324,10 @@ struct Server::Impl {
   // Parses and validates a completion request into a Job (everything that can be a 4xx).
   std::shared_ptr<Job> make_job(const httplib::Request& req, bool chat) {
     auto job = std::make_shared<Job>();
-    job->req = server::parse_completion(server::parse_body(req.body), chat, opt.sampler, opt.max_tokens_limit,
-                                        model.config().vocab_size);
+    // Token ids must be the model's and the tokenizer's (which may be the smaller of the two: the
+    // streamer decodes prompt ids too).
+    const int vocab = std::min(model.config().vocab_size, tok->vocab_size());
+    job->req = server::parse_completion(server::parse_body(req.body), chat, opt.sampler, opt.max_tokens_limit, vocab);
     server::CompletionRequest& cr = job->req;
     if (!cr.seed_given) cr.sampler.seed = random_u64();
     job->stop = cr.stop;
@@ -597,23 +599,12 @@ struct Server::Impl {
 
   void add_document(const httplib::Request& req, httplib::Response& res) {
     need_bank(true);
-    const json body = server::parse_body(req.body);
-    auto str = [&](const char* f, bool required) {
-      auto it = body.find(f);
-      if (it == body.end() || it->is_null()) {
-        if (required) throw bad_request(std::string("'") + f + "' is required.", f, "missing_required_parameter");
-        return std::string();
-      }
-      if (!it->is_string()) throw bad_request(std::string("'") + f + "' must be a string.", f, "invalid_type");
-      return it->get<std::string>();
-    };
+    server::DocumentRequest dr = server::parse_document(server::parse_body(req.body));
     Document doc;
-    doc.id = str("id", true);
-    doc.text = str("text", true);
-    doc.title = str("title", false);
-    doc.source = str("source", false);
-    if (doc.source.empty()) doc.source = "api";
-    if (doc.id.empty() || doc.id.size() > 1024) throw bad_request("'id' must be 1 to 1024 bytes long.", "id", "invalid_value");
+    doc.id = std::move(dr.id);
+    doc.text = std::move(dr.text);
+    doc.title = std::move(dr.title);
+    doc.source = std::move(dr.source);
     if (bank->needs_training())
       throw ApiError(409, "The bank's codec (" + bank->key_codec().spec() + " / " + bank->value_codec().spec() +
                               ") has not been trained yet: memorize a knowledge base into it with `m3 memorize` first.",
@@ -700,18 +691,9 @@ struct Server::Impl {
 
   void search(const httplib::Request& req, httplib::Response& res) {
     need_bank(false);
-    const json body = server::parse_body(req.body);
-    auto q = body.find("query");
-    if (q == body.end() || q->is_null()) throw bad_request("'query' is required.", "query", "missing_required_parameter");
-    if (!q->is_string()) throw bad_request("'query' must be a string.", "query", "invalid_type");
-    int k = 5;
-    if (auto it = body.find("k"); it != body.end() && !it->is_null()) {
-      if (!it->is_number_integer()) throw bad_request("'k' must be an integer.", "k", "invalid_type");
-      const int64_t v = it->get<int64_t>();
-      if (v < 1 || v > 100) throw bad_request("'k' must be between 1 and 100.", "k", "invalid_value");
-      k = static_cast<int>(v);
-    }
-    const std::string query = q->get<std::string>();
+    const server::SearchRequest sr = server::parse_search(server::parse_body(req.body));
+    const std::string& query = sr.query;
+    const int k = sr.k;
     json data = json::array();
     {
       std::shared_lock<std::shared_mutex> l(bank_mu);
