@@ -6,7 +6,7 @@
 #         runs its ctests
 #   fuzz  builds the libFuzzer targets (clang; fuzz/) and runs each for 30 s over its corpus
 # and ends with each stage's ctest count and time. M3_TEST_STAGES chooses stages (default "ci" for now;
-# "ci asan fuzz"; M3_TEST_STAGES=ci is the quick check). docs/reliability.md has what each covers.
+# the full set is "ci asan fuzz"). M3_TEST_STAGES=ci is the quick check. docs/reliability.md has what each covers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 stages="${M3_TEST_STAGES:-ci}"  # asan and fuzz: not yet verified on a fresh clone (M3_TEST_STAGES="ci asan fuzz")
