@@ -9,7 +9,10 @@
 set -euo pipefail
 bin="$(realpath "$1")" corpus="$(realpath "$2")" seconds="$3" artifacts="${4:-$PWD/fuzz-artifacts}" dict="${5:-}"
 name="$(basename "$bin")"
-work="$(mktemp -d "${TMPDIR:-/tmp}/m3-$name.XXXXXX")"
+# The scratch space: tmpfs when there is one (fuzz_bank fsyncs every bank it damages).
+base="${TMPDIR:-/tmp}"
+[[ -z "${TMPDIR:-}" && -d /dev/shm && -w /dev/shm ]] && base=/dev/shm
+work="$(mktemp -d "$base/m3-$name.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/corpus" "$artifacts"
 cp "$corpus"/* "$work/corpus/"

@@ -6,7 +6,7 @@
 # training uses it, 0.9). Usage: scripts/eval-stage2.sh [MODEL] [OUT_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-M3=build/release/m3
+M3=${M3:-build/release/m3}
 model="${1:-models/memory3-tiny-kb.gguf}"
 out="${2:-out/eval-stage2}"
 [[ -x $M3 ]] || { scripts/setup.sh; scripts/build.sh release; }

@@ -13,7 +13,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config="${1:-configs/stage1-tiny8.toml}"
-M3=build/release/m3
+M3=${M3:-build/release/m3}  # M3=/path/to/m3 trains with another build
 [[ -x $M3 ]] || { scripts/setup.sh; scripts/build.sh release; }
 
 scripts/get-data.sh data/corpus

@@ -12,7 +12,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 config="${1:-configs/stage2-tiny8.toml}"
-M3=build/release/m3
+M3=${M3:-build/release/m3}  # M3=/path/to/m3 trains with another build
 [[ -x $M3 ]] || { scripts/setup.sh; scripts/build.sh release; }
 init=$(sed -n 's/^init = "\([^"]*\)".*/\1/p' "$config" | head -1)
 [[ -f $init ]] || { echo "$init is missing: run scripts/train-stage1.sh first" >&2; exit 1; }

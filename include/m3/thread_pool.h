@@ -3,13 +3,16 @@
 // One pool per process is the rule: kernels split rows across it, and OpenBLAS runs single-threaded
 // inside the pool's threads (matmul sets that), so no second set of threads competes for the cores.
 // parallel_for is called from one thread at a time (REQUIRES: external synchronization); it
-// returns after every chunk ran. The calling thread works too, as thread index 0.
+// returns after every chunk ran. The calling thread works too, as thread index 0, and then runs
+// any range whose worker has not started it yet (a worker the OS has not scheduled must not stall
+// the caller): each range index runs exactly once per call, on whichever thread claims it first.
 #pragma once
 
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -40,7 +43,10 @@ class ThreadPool {
   const RangeFn* job_ = nullptr;
   int64_t job_n_ = 0;
   std::atomic<uint64_t> generation_{0};
-  std::atomic<int> pending_{0};
+  std::atomic<int> pending_{0};  // ranges of the current job not yet finished
+  // claimed_[i]: the last generation whose range i was claimed (by worker i or by the caller).
+  std::unique_ptr<std::atomic<uint64_t>[]> claimed_;
+  bool claim(int index, uint64_t gen);
   bool stop_ = false;
 };
 

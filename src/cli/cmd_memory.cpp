@@ -47,6 +47,7 @@
 #include "m3/codec.h"
 #include "m3/embedder.h"
 #include "m3/error.h"
+#include "m3/file_io.h"
 #include "m3/knowledge.h"
 #include "m3/memory_writer.h"
 #include "m3/model.h"
@@ -100,32 +101,8 @@ json read_side(const std::string& bank) {
   }
 }
 
-// tmp + fsync + rename + fsync of the directory: a reader sees the old or the new file.
-void write_side(const std::string& bank, const json& j) {
-  const std::string path = side_path(bank), tmp = path + ".tmp";
-  const std::string bytes = j.dump(2) + "\n";
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error("cannot create " + tmp + ": " + std::strerror(errno));
-  size_t off = 0;
-  while (off < bytes.size()) {
-    const ssize_t w = ::write(fd, bytes.data() + off, bytes.size() - off);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) {
-      ::close(fd);
-      throw Error("cannot write " + tmp + ": " + std::strerror(errno));
-    }
-    off += size_t(w);
-  }
-  const int rc = ::fsync(fd);
-  ::close(fd);
-  if (rc != 0) throw Error("cannot fsync " + tmp + ": " + std::strerror(errno));
-  if (::rename(tmp.c_str(), path.c_str()) != 0) throw Error("cannot rename " + tmp + ": " + std::strerror(errno));
-  const int dfd = ::open(bank.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    [[maybe_unused]] const int r = ::fsync(dfd);
-    ::close(dfd);
-  }
-}
+// A reader sees the old or the new file, never a mix.
+void write_side(const std::string& bank, const json& j) { write_file_atomic(side_path(bank), j.dump(2) + "\n"); }
 
 // ---- the dense index beside a bank ------------------------------------------------------------
 

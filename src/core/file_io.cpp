@@ -5,8 +5,11 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <chrono>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
+#include <string>
 
 #include "m3/error.h"
 
@@ -47,7 +50,7 @@ void fsync_path(const std::string& path, bool directory) {
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp";
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) throw Error(sys_error("cannot create", tmp));
   const char* p = bytes.data();
@@ -72,6 +75,15 @@ void write_file_atomic(const std::string& path, const std::string& bytes) {
   if (::rename(tmp.c_str(), path.c_str()) != 0) throw Error(sys_error("cannot rename " + tmp + " to", path));
   const std::string dir = std::filesystem::path(path).parent_path().string();
   fsync_path(dir.empty() ? "." : dir, true);
+}
+
+std::string utc_timestamp() {
+  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
 }
 
 }  // namespace m3

@@ -1,5 +1,7 @@
 // Thread pool: workers sleep on a condition variable between jobs and spin briefly after one, so
-// the ~150 back-to-back matmuls of a decoded token do not each pay a full wake-up.
+// the ~150 back-to-back matmuls of a decoded token do not each pay a full wake-up. The caller,
+// once its own range is done, claims and runs the ranges no worker has started: on a loaded
+// machine a descheduled worker would otherwise hold every matmul of a token for a time slice.
 #include "m3/thread_pool.h"
 
 #include <algorithm>
@@ -21,6 +23,8 @@ void split_range(int64_t n, int parts, int index, int64_t* begin, int64_t* end) 
 ThreadPool::ThreadPool(int n_threads) {
   if (n_threads <= 0) n_threads = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   n_threads_ = n_threads;
+  claimed_ = std::make_unique<std::atomic<uint64_t>[]>(static_cast<size_t>(n_threads_));
+  for (int i = 0; i < n_threads_; ++i) claimed_[static_cast<size_t>(i)].store(0, std::memory_order_relaxed);
   for (int i = 1; i < n_threads_; ++i) workers_.emplace_back([this, i] { worker(i); });
 }
 
@@ -34,24 +38,41 @@ ThreadPool::~ThreadPool() {
   for (auto& t : workers_) t.join();
 }
 
+// Range `index` of generation `gen` runs on the thread that claims it first.
+bool ThreadPool::claim(int index, uint64_t gen) {
+  std::atomic<uint64_t>& slot = claimed_[static_cast<size_t>(index)];
+  uint64_t seen = slot.load(std::memory_order_acquire);
+  while (seen < gen)
+    if (slot.compare_exchange_weak(seen, gen, std::memory_order_acq_rel)) return true;
+  return false;
+}
+
 void ThreadPool::parallel_for(int64_t n, const RangeFn& fn) {
   if (n <= 0) return;
   if (n_threads_ == 1 || n == 1) {
     fn(0, n, 0);
     return;
   }
+  uint64_t gen;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     job_ = &fn;
     job_n_ = n;
     pending_.store(n_threads_ - 1, std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
+    gen = generation_.fetch_add(1, std::memory_order_release) + 1;
   }
   wake_.notify_all();
   int64_t begin, end;
   split_range(n, n_threads_, 0, &begin, &end);
   if (begin < end) fn(begin, end, 0);
-  // Wait for the workers; they finish within microseconds of us in a balanced split.
+  // Ranges no worker has claimed yet: run them here rather than wait for their thread.
+  for (int i = 1; i < n_threads_; ++i) {
+    if (!claim(i, gen)) continue;
+    split_range(n, n_threads_, i, &begin, &end);
+    if (begin < end) fn(begin, end, i);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+  // Wait for the workers that did claim theirs.
   while (pending_.load(std::memory_order_acquire) != 0) {
 #if defined(__x86_64__)
     __builtin_ia32_pause();
@@ -82,8 +103,11 @@ void ThreadPool::worker(int index) {
       if (stop_) return;
       job = job_;
       n = job_n_;
+      gen = generation_.load(std::memory_order_acquire);  // the job just read belongs to this generation
     }
     seen = gen;
+    // The caller may have run this range already; then the job may be gone too, so touch nothing.
+    if (!claim(index, gen)) continue;
     int64_t begin, end;
     split_range(n, n_threads_, index, &begin, &end);
     if (begin < end) (*job)(begin, end, index);

@@ -76,15 +76,6 @@ std::string read_whole(const std::string& path) {
   return ss.str();
 }
 
-std::string utc_now() {
-  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 int lock_dir(const std::string& dir) {
   const std::string path = dir + "/" + kLock;
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
@@ -300,7 +291,7 @@ std::unique_ptr<MemoryBank> MemoryBank::create(const std::string& dir_arg, const
     throw Error("bank " + dir + ": reference_length " + std::to_string(model.config.memory.reference_length) +
                 " is above the record format's limit of 255");
   b->prefix_text_ = model.config.memory.prefix_text;
-  b->created_ = utc_now();
+  b->created_ = utc_timestamp();
   b->key_codec_ = make_codec(key_codec, b->shape_.head_dim);
   b->value_codec_ = make_codec(value_codec, b->shape_.head_dim);
   b->record_size_ = record_bytes(b->shape_, b->key_codec_->code_size(), b->value_codec_->code_size());

@@ -44,15 +44,6 @@ std::string hex64(uint64_t v) {
 
 std::string xxh3_hex(const std::string& bytes) { return hex64(XXH3_64bits(bytes.data(), bytes.size())); }
 
-std::string utc_now() {
-  const std::time_t t = std::chrono::system_clock::to_time_t(std::chrono::system_clock::now());
-  std::tm tm{};
-  gmtime_r(&t, &tm);
-  char buf[32];
-  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return buf;
-}
-
 int64_t to_i64(const std::string& s, const std::string& what) {
   int64_t v = 0;
   const auto r = std::from_chars(s.data(), s.data() + s.size(), v);
@@ -71,27 +62,6 @@ std::map<std::string, std::string> hgetall(RedisCluster& c, const std::string& k
 
 void expect_ok(const RedisValue& v, const std::string& what) {
   if (v.is_error()) throw Error(what + " failed: " + v.str);
-}
-
-// Writes `bytes` to `path` via a temporary file of this process (several servers may refresh
-// one cache directory at once), fsync, rename.
-void write_file_replace(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  if (fd < 0) throw Error("cannot create " + tmp + ": " + std::strerror(errno));
-  size_t off = 0;
-  while (off < bytes.size()) {
-    const ssize_t w = ::write(fd, bytes.data() + off, bytes.size() - off);
-    if (w < 0 && errno == EINTR) continue;
-    if (w < 0) {
-      const std::string e = std::strerror(errno);
-      ::close(fd);
-      throw Error("cannot write " + tmp + ": " + e);
-    }
-    off += size_t(w);
-  }
-  if (::fsync(fd) != 0 || ::close(fd) != 0) throw Error("cannot fsync " + tmp + ": " + std::strerror(errno));
-  if (::rename(tmp.c_str(), path.c_str()) != 0) throw Error("cannot rename " + tmp + " to " + path + ": " + std::strerror(errno));
 }
 
 std::shared_ptr<RedisCluster> connect(const RemoteBankUri& u) {
@@ -422,7 +392,7 @@ PushReport push_bank(const std::string& dir_arg, const std::string& uri, const P
   rep.replicated = wait_replicated(*cluster, o.replication_timeout_ms);
   char host[256] = "?";
   ::gethostname(host, sizeof host - 1);
-  const std::string records = std::to_string(n), files_json = files.dump(), pushed = utc_now(),
+  const std::string records = std::to_string(n), files_json = files.dump(), pushed = utc_timestamp(),
                     source = std::string(host) + ":" + fs::absolute(dir).string();
   expect_ok(cluster->run(RedisCommand{{"HSET", keys.meta(), "records", records, "files", files_json, "pushed", pushed,
                                        "source", source}}),
@@ -483,7 +453,7 @@ FetchReport fetch_remote_bank(const std::string& uri, const std::string& cache_d
   fs::create_directories(dir, ec);
   if (ec) throw Error(where + ": cannot create the cache directory " + dir + " (" + ec.message() + ")");
   // The marker first: a directory with a manifest but no payload.json would read as a local bank.
-  write_file_replace(dir + "/payload.json", json({{"uri", u.uri}}).dump(2) + "\n");
+  write_file_atomic(dir + "/payload.json", json({{"uri", u.uri}}).dump(2) + "\n");
   for (auto it = files.begin(); it != files.end(); ++it) {
     const std::string& name = it.key();
     if (std::find(kBankFiles.begin(), kBankFiles.end(), name) == kBankFiles.end())
@@ -507,7 +477,7 @@ FetchReport fetch_remote_bank(const std::string& uri, const std::string& cache_d
     }
     if (int64_t(bytes.size()) != it.value().value("bytes", int64_t(-1)) || xxh3_hex(bytes) != sum)
       throw Error(where + ": " + name + " fetched from the cluster does not match its checksum " + sum);
-    write_file_replace(path, bytes);
+    write_file_atomic(path, bytes);
     ++rep.files_fetched;
     rep.bytes_fetched += int64_t(bytes.size());
   }

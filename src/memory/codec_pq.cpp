@@ -217,6 +217,7 @@ class PqCodec final : public VectorCodec {
     } catch (const faiss::FaissException& e) {
       throw Error("codec '" + spec() + "': cannot read the trained FAISS index: " + e.what());
     }
+    own_coarse_quantizer(index.get());
     if (index->d != dim_ || !index->is_trained)
       throw Error("codec '" + spec() + "': parameters hold a " +
                   (index->is_trained ? "trained" : "untrained") + " index of dim " +
@@ -228,6 +229,13 @@ class PqCodec final : public VectorCodec {
   }
 
  private:
+  // FAISS 1.7.3's read_index leaves an Index2Layer's coarse quantizer unowned (q1.own_fields
+  // false), so every load would leak it (~16 KiB); the index read here is its only user.
+  static void own_coarse_quantizer(faiss::Index* index) {
+    if (auto* pre = dynamic_cast<faiss::IndexPreTransform*>(index)) index = pre->index;
+    if (auto* l2 = dynamic_cast<faiss::Index2Layer*>(index)) l2->q1.own_fields = true;
+  }
+
   void require_trained(const char* what) const {
     if (!trained_)
       throw Error("codec '" + spec() + "': " + what +

@@ -3,6 +3,7 @@
 #include "m3/server.h"
 
 #include <httplib.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <atomic>
@@ -44,6 +45,8 @@ using server::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
+
+constexpr int kListenBacklog = 1024;  // connections waiting to be accepted (the kernel caps it at somaxconn)
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
@@ -135,6 +138,7 @@ struct Server::Impl {
   server::Metrics metrics;
   httplib::Server http;
   int port = -1;
+  std::atomic<int> listen_sock{-1};  // the listening socket, seen by the socket-options hook (bind())
 
   Impl(const Model& m, ServerOptions o) : model(m), opt(std::move(o)) {
     std::signal(SIGPIPE, SIG_IGN);  // a client that hangs up must not kill the process (httplib sends without MSG_NOSIGNAL)
@@ -810,6 +814,10 @@ struct Server::Impl {
   void setup_http() {
     http.new_task_queue = [n = opt.slots + opt.queue + 16] { return new httplib::ThreadPool(static_cast<size_t>(n)); };
     http.set_payload_max_length(opt.max_body_bytes);
+    http.set_socket_options([this](socket_t sock) {
+      httplib::default_socket_options(sock);
+      listen_sock = static_cast<int>(sock);
+    });
     http.set_tcp_nodelay(true);
     http.set_keep_alive_timeout(2);
     http.set_read_timeout(30);
@@ -915,6 +923,15 @@ int Server::bind() {
       throw Error("cannot listen on " + s.opt.host + ":" + std::to_string(s.opt.port) + " (address in use, or not an address here)");
     s.port = s.opt.port;
   }
+  // httplib 0.11 listens with a backlog of 5 (CPPHTTPLIB_LISTEN_BACKLOG, compiled into Debian's
+  // library): more clients connecting at once overflow the accept queue and wait for a SYN
+  // retransmission (1 s) or are reset. Found by the load test (tools/load_test.py: 16 clients
+  // starting together). Linux lets listen() on a listening socket change its backlog.
+  const int fd = s.listen_sock.load();
+  int listening = 0;
+  socklen_t len = sizeof listening;
+  if (fd >= 0 && ::getsockopt(fd, SOL_SOCKET, SO_ACCEPTCONN, &listening, &len) == 0 && listening)
+    ::listen(fd, kListenBacklog);
   return s.port;
 }
 
