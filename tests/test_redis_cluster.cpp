@@ -233,14 +233,16 @@ TEST(RedisCluster, AskDuringMigrationMovedAfterIt) {
 // ---- URIs and an unreachable cluster (no cluster needed) -----------------------------------------
 
 TEST(RedisCluster, BadUrisAndAnUnreachableClusterGiveClearErrors) {
-  for (const auto& [uri, needle] : std::vector<std::pair<std::string, std::string>>{
+  for (const auto& [text, needle] : std::vector<std::pair<std::string, std::string>>{
            {"redis://127.0.0.1:7000", "no bank name"},
            {"redis://127.0.0.1/b", "is not host:port"},
            {"redis://127.0.0.1:99999/b", "is not host:port"},
            {"redis://127.0.0.1:7000/a{b}", "must be 1 or more of"},
            {"redis://127.0.0.1:7000/b?retry_ms=x", "needs a number of milliseconds"},
-           {"redis://127.0.0.1:7000/b?colour=1", "unknown option 'colour'"}})
+           {"redis://127.0.0.1:7000/b?colour=1", "unknown option 'colour'"}}) {
+    const std::string uri = text;  // clang 14 cannot capture a structured binding
     EXPECT_NE(error_of([&] { RemoteBankUri::parse(uri); }).find(needle), std::string::npos) << uri;
+  }
   const RemoteBankUri u = RemoteBankUri::parse("redis://a:1,b:2/x.y-z?retry_ms=1500&connect_timeout_ms=300");
   EXPECT_EQ(u.seeds.size(), 2u);
   EXPECT_EQ(u.seeds[1].str(), "b:2");
