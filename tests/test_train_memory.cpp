@@ -7,6 +7,7 @@
 
 #include <fstream>
 #include <random>
+#include <set>
 #include <sstream>
 #include <nlohmann/json.hpp>
 #include <vector>
@@ -17,6 +18,7 @@
 #include "m3/npy.h"
 #include "m3/train.h"
 #include "test_helpers.h"
+#include "train/memory_batcher.h"
 
 using namespace m3;
 using namespace m3::test;
@@ -221,4 +223,71 @@ TEST(Stage2Cli, StoppedAndResumedRunRepeatsTheUninterruptedLosses) {
   // stage 2 needs a stage-1 model to continue and a knowledge base
   expect_error("train --stage 2 --kb " + d + "kb.jsonl --data " + d + "ds --steps 2 -o " + d + "c", "needs model.init");
   expect_error("train --stage 2 --init " + model + " --data " + d + "ds --steps 2 -o " + d + "e", "needs memory.kb");
+}
+
+// What a stage-2 chunk reads (src/train/memory_batcher.cpp): with the paper's one reference per
+// chunk, a chunk reads its own best hit and then the previous chunks' ones; with
+// references_per_chunk = N it reads its own N best hits first, as inference reads 5 retrieved
+// with one query. Never more than memories_per_chunk, never a reference twice.
+TEST(MemoryBatcher, ChunksReadTheirOwnHitsFirstAndNeverMoreThanTheModelAllows) {
+  TempDir dir;
+  auto model = Model::load(kData + "/test-rt.gguf");
+  const ModelConfig& c = model->config();
+  const int chunk = c.memory.chunk_length, per_chunk = c.memory.memories_per_chunk;
+  ASSERT_GE(per_chunk, 3);
+  // 40 invented sailors (bm25 ignores terms found in more than 5% of the references)
+  std::vector<std::string> names;
+  const char* first[] = {"Zor", "Kel", "Mab", "Tul", "Vry", "Quo", "Dax", "Nim"};
+  const char* second[] = {"vanx", "dreth", "op", "umbar", "ilk"};
+  for (const char* f : first)
+    for (const char* s : second) names.push_back(std::string(f) + s);
+  std::string kb;
+  for (size_t i = 0; i < names.size(); ++i)
+    kb += "{\"id\": \"f" + std::to_string(i) + "\", \"text\": \"" + names[i] + " sailed on the ship number " +
+          std::to_string(i) + ".\"}\n";
+  write_all(dir.file("kb.jsonl"), kb);
+  // Each chunk asks about three sailors of its own (padded to exactly one chunk of tokens).
+  const int n_chunks = 4, T = n_chunks * chunk;
+  std::vector<int32_t> window;
+  for (int ch = 0; ch < n_chunks; ++ch) {
+    std::string text;
+    for (int k = 0; k < 3; ++k) text += "Q: Which ship did " + names[size_t(ch * 3 + k)] + " sail on? ";
+    std::vector<int32_t> t = model->tokenizer()->encode(text);
+    ASSERT_LE(int(t.size()), chunk);
+    const std::vector<int32_t> pad = model->tokenizer()->encode(" the");
+    while (int(t.size()) < chunk) t.push_back(pad.back());
+    window.insert(window.end(), t.begin(), t.end());
+  }
+  std::vector<int32_t> targets(window.begin() + 1, window.end());
+  targets.push_back(-1);
+  auto own_names = [&](int ch) {
+    return std::vector<std::string>(names.begin() + ch * 3, names.begin() + ch * 3 + 3);
+  };
+  auto mentions_one_of = [&](const std::vector<int32_t>& ref, const std::vector<std::string>& who) {
+    const std::string text = model->tokenizer()->decode(ref);
+    for (const auto& w : who)
+      if (text.find(w) != std::string::npos) return true;
+    return false;
+  };
+  for (const int own : {1, 3}) {
+    MemoryBatcher batcher(*model, dir.file("kb.jsonl"), dir.file("index" + std::to_string(own)), 8, own, 1);
+    ASSERT_EQ(batcher.reference_count(), int64_t(names.size()));
+    const MemoryBatch b = batcher.make(window.data(), targets.data(), 1, T, nullptr);
+    ASSERT_EQ(b.chunk_refs.size(), 1u);
+    ASSERT_EQ(int(b.chunk_refs[0].size()), n_chunks);
+    for (int ch = 0; ch < n_chunks; ++ch) {
+      const auto& list = b.chunk_refs[0][size_t(ch)];
+      SCOPED_TRACE("own " + std::to_string(own) + ", chunk " + std::to_string(ch));
+      EXPECT_EQ(int(list.size()), std::min(per_chunk, own * (ch + 1)));
+      EXPECT_EQ(std::set<int32_t>(list.begin(), list.end()).size(), list.size());
+      for (int k = 0; k < int(list.size()); ++k) {
+        ASSERT_LT(size_t(list[size_t(k)]), b.references.size());
+        // the first `own` come from the chunk's own question, the rest from the chunks before it
+        const int from = k < own ? ch : ch - 1 - (k - own) / own;
+        EXPECT_TRUE(mentions_one_of(b.references[size_t(list[size_t(k)])], own_names(from)))
+            << model->tokenizer()->decode(b.references[size_t(list[size_t(k)])]);
+      }
+    }
+  }
+  EXPECT_THROW(MemoryBatcher(*model, dir.file("kb.jsonl"), dir.file("index9"), 8, per_chunk + 1, 1), Error);
 }

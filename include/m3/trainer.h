@@ -59,6 +59,7 @@ struct TrainConfig {
   // [memory] (stage 2)
   std::string kb;           // knowledge base the chunks retrieve from (a path m3 memorize --kb reads)
   int retrieve_k = 8;       // bm25 candidates per chunk; the best one that does not leak is read
+  int references_per_chunk = 1;  // own references per chunk (1: the paper; up to memories_per_chunk)
   // [eval]
   int64_t eval_interval = 100;  // steps; 0: only at the end
   int64_t eval_tokens = 65536;  // validation tokens per evaluation (whole windows, from the start of the split)

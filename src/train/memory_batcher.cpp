@@ -18,13 +18,16 @@ constexpr double kMaxDfFraction = 0.05;
 }  // namespace
 
 MemoryBatcher::MemoryBatcher(const Model& model, const std::string& kb, const std::string& index_dir, int retrieve_k,
-                             int threads)
-    : model_(model), retrieve_k_(retrieve_k) {
+                             int references_per_chunk, int threads)
+    : model_(model), retrieve_k_(retrieve_k), own_per_chunk_(references_per_chunk) {
   const ModelConfig& c = model.config();
   if (!model.tokenizer()) throw Error("stage 2: the model has no tokenizer to split the knowledge base with");
   if (c.memory.memory_layers <= 0) throw Error("stage 2: the model has no memory layers");
   chunk_ = c.memory.chunk_length;
   per_chunk_ = c.memory.memories_per_chunk;
+  if (own_per_chunk_ < 1 || own_per_chunk_ > per_chunk_)
+    throw Error("memory.references_per_chunk must be in [1, " + std::to_string(per_chunk_) + "] (the model's memories per chunk), got " +
+                std::to_string(own_per_chunk_));
   const Tokenizer& tok = *model.tokenizer();
   prefix_ = tok.prefix_tokens(c.memory.prefix_text);
   const std::vector<Document> docs = load_knowledge_base(kb);
@@ -50,8 +53,8 @@ MemoryBatcher::~MemoryBatcher() = default;
 MemoryBatch MemoryBatcher::make(const int32_t* inputs, const int32_t* targets, int B, int T, ThreadPool* pool) const {
   const Tokenizer& tok = *model_.tokenizer();
   const int n_chunks = (T + chunk_ - 1) / chunk_;
-  // own[b][c]: the reference chunk c of window b reads itself (−1: none)
-  std::vector<int64_t> own(size_t(B) * n_chunks, -1);
+  // own[b][c]: the references chunk c of window b retrieved with its own text, best first
+  std::vector<std::vector<int64_t>> own(size_t(B) * n_chunks);
   std::vector<int64_t> skipped(own.size(), 0);
   auto work = [&](int64_t i0, int64_t i1, int thread) {
     const Retriever& retriever = *retrievers_[size_t(thread) % retrievers_.size()];
@@ -60,15 +63,15 @@ MemoryBatch MemoryBatcher::make(const int32_t* inputs, const int32_t* targets, i
       const int32_t* window = inputs + int64_t(b) * T;
       const int t0 = ch * chunk_, t1 = std::min(T, t0 + chunk_);
       const std::string text = tok.decode(std::vector<int32_t>(window + t0, window + t1));
-      for (const SearchHit& hit : retriever.search(text, retrieve_k_)) {
+      for (const SearchHit& hit : retriever.search(text, std::max(retrieve_k_, own_per_chunk_))) {
         if (hit.id < 0 || hit.id >= int64_t(references_.size())) continue;
         const auto& ref = references_[size_t(hit.id)];
         if (overlap(std::span<const int32_t>(window, size_t(T)), ref) > kTrainingOverlapLimit) {
           ++skipped[size_t(i)];
           continue;
         }
-        own[size_t(i)] = hit.id;
-        break;
+        own[size_t(i)].push_back(hit.id);
+        if (int(own[size_t(i)].size()) == own_per_chunk_) break;
       }
     }
   };
@@ -85,16 +88,17 @@ MemoryBatch MemoryBatcher::make(const int32_t* inputs, const int32_t* targets, i
   for (int b = 0; b < B; ++b)
     for (int ch = 0; ch < n_chunks; ++ch) {
       auto& list = batch.chunk_refs[size_t(b)][size_t(ch)];
-      // its own reference first, then those of the previous chunks; ids unique within a chunk
-      for (int prev = ch; prev >= 0 && prev > ch - per_chunk_; --prev) {
-        const int64_t id = own[size_t(b) * n_chunks + prev];
-        if (id < 0) continue;
-        auto [it, added] = index.emplace(id, int32_t(batch.references.size()));
-        if (added) batch.references.push_back(references_[size_t(id)]);
-        if (std::find(list.begin(), list.end(), it->second) == list.end()) list.push_back(it->second);
-      }
+      // its own references first, then those of the previous chunks (at most per_chunk_ − 1 back),
+      // at most per_chunk_ in all; ids unique within a chunk
+      for (int prev = ch; prev >= 0 && prev > ch - per_chunk_ && int(list.size()) < per_chunk_; --prev)
+        for (const int64_t id : own[size_t(b) * n_chunks + prev]) {
+          if (int(list.size()) == per_chunk_) break;
+          auto [it, added] = index.emplace(id, int32_t(batch.references.size()));
+          if (added) batch.references.push_back(references_[size_t(id)]);
+          if (std::find(list.begin(), list.end(), it->second) == list.end()) list.push_back(it->second);
+        }
       ++stats_.chunks;
-      stats_.with_reference += own[size_t(b) * n_chunks + ch] >= 0;
+      stats_.with_reference += !own[size_t(b) * n_chunks + ch].empty();
       stats_.leaks_skipped += skipped[size_t(b) * n_chunks + ch];
     }
   return batch;

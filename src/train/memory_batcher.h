@@ -3,6 +3,8 @@
 // skipping references whose Eq. 6 overlap with the window exceeds 0.9, and attends to its own
 // and the previous four chunks' references. Query terms found in more than 5% of the references
 // are left out (Bm25Retriever's max_df_fraction): 64 queries per step must take milliseconds.
+// references_per_chunk > 1 (not the paper's recipe, an option) lets a chunk read its own best N
+// references before the previous chunks' ones, as inference reads 5 retrieved with one query.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +25,8 @@ class MemoryBatcher {
  public:
   // Splits the knowledge base at `kb` into references with the model's tokenizer and indexes
   // them for bm25 in `index_dir` (replaced). Throws m3::Error naming the file at fault.
-  MemoryBatcher(const Model& model, const std::string& kb, const std::string& index_dir, int retrieve_k, int threads);
+  MemoryBatcher(const Model& model, const std::string& kb, const std::string& index_dir, int retrieve_k,
+                int references_per_chunk, int threads);
   ~MemoryBatcher();
 
   int64_t reference_count() const { return static_cast<int64_t>(references_.size()); }
@@ -39,7 +42,7 @@ class MemoryBatcher {
 
  private:
   const Model& model_;
-  int retrieve_k_;
+  int retrieve_k_, own_per_chunk_;
   int chunk_, per_chunk_;
   std::vector<int32_t> prefix_;
   std::vector<std::vector<int32_t>> references_;  // by reference id

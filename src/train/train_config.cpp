@@ -30,7 +30,7 @@ Schema schema(TrainConfig& c) {
         {"tokens", &c.tokens}, {"lr", &c.lr}, {"min_lr", &c.min_lr}, {"warmup", &c.warmup},
         {"decay_fraction", &c.decay_fraction}, {"weight_decay", &c.weight_decay}, {"grad_clip", &c.grad_clip},
         {"beta1", &c.beta1}, {"beta2", &c.beta2}, {"seed", &c.seed}, {"threads", &c.threads}}},
-      {"memory", {{"kb", &c.kb}, {"retrieve_k", &c.retrieve_k}}},
+      {"memory", {{"kb", &c.kb}, {"retrieve_k", &c.retrieve_k}, {"references_per_chunk", &c.references_per_chunk}}},
       {"eval", {{"interval", &c.eval_interval}, {"tokens", &c.eval_tokens}}},
       {"checkpoint", {{"interval", &c.checkpoint_interval}, {"keep", &c.keep_checkpoints}}},
       {"output", {{"dir", &c.out}, {"export_type", &c.export_type}}},
@@ -180,6 +180,7 @@ void validate(const TrainConfig& c) {
   if (c.stage == 2 && c.init.empty())
     throw Error("train.stage = 2 needs model.init: stage 2 continues a stage-1 model (training with memory from scratch does not help, spec 4.2)");
   positive(c.retrieve_k, "memory.retrieve_k");
+  positive(c.references_per_chunk, "memory.references_per_chunk");
   positive(c.batch, "train.batch");
   positive(c.seq_len, "train.seq_len");
   positive(c.grad_accum, "train.grad_accum");

@@ -219,7 +219,8 @@ TrainResult train(const TrainConfig& config_in, const TrainRunOptions& options) 
   }
   model->set_thread_pool(&pool);
   if (cfg.stage == 2) {
-    batcher = std::make_unique<MemoryBatcher>(*init, cfg.kb, (run / "kb").string(), cfg.retrieve_k, pool.size());
+    batcher = std::make_unique<MemoryBatcher>(*init, cfg.kb, (run / "kb").string(), cfg.retrieve_k, cfg.references_per_chunk,
+                                              pool.size());
     if (options.progress)
       std::fprintf(stderr, "stage 2: %lld references from %s\n", static_cast<long long>(batcher->reference_count()), cfg.kb.c_str());
   }

@@ -19,6 +19,11 @@ them it can neither copy from its context nor read a memory; repeated lists are 
 way to grow them, recall documents then teach looking a fact up in context, and reading a memory
 is the same attention over keys and values that came from a reference (the window that states a
 fact never reads that fact's memory: its overlap is > 0.9). Deterministic (fixed seed).
+
+--ask-share F puts F of the facts (after the recall ones) in "ask" documents: 2-5 questions in the
+QA format whose facts are stated nowhere in the text, only in the knowledge base. A question's
+overlap with its reference is ~0.7, under the 0.9 leak limit, so the chunk that asks reads the
+reference that answers, and reading it is the only way to predict the answer.
 """
 
 from __future__ import annotations
@@ -30,13 +35,14 @@ import random
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from build import DOC_FACTS, RELATIONS, kb_text, qa_text, renderings  # noqa: E402
+from build import DOC_FACTS, RELATIONS, kb_text, qa_text, question_prompt, renderings  # noqa: E402
 from common import phrase_key  # noqa: E402
 
 SEED = 777
 RENDERINGS = 2  # per invented fact
 RECALL_SHARE = 0.7  # of the invented facts: stated, then asked, in one document
 RECALL_FACTS = (1, 3)  # facts per recall document
+ASK_FACTS = (2, 5)  # questions per ask document
 COPY_DOCS = 25000  # documents that repeat a list of invented words (pure copying)
 COPY_WORDS = (4, 12)
 ONSETS = ["b", "br", "d", "dr", "f", "g", "gr", "h", "k", "kl", "l", "m", "n", "p", "pr", "q", "r", "s", "st", "t",
@@ -96,8 +102,13 @@ def main(argv):
     ap.add_argument("--out", required=True)
     ap.add_argument("--facts", type=int, default=60000)
     ap.add_argument("--copy-docs", type=int, default=COPY_DOCS)
+    ap.add_argument("--recall-share", type=float, default=RECALL_SHARE, help="facts stated, then asked, in one document")
+    ap.add_argument("--ask-share", type=float, default=0.0, help="facts only asked; stated only in the knowledge base")
     ap.add_argument("--seed", type=int, default=SEED, help="another seed gives another, disjoint-in-practice set")
     ap.add_argument("--id-prefix", default="synth", help="fact ids are PREFIX:relation:n")
+    ap.add_argument("--questions", type=int, default=0,
+                    help="also write DIR/ask-questions.jsonl and DIR/ask-kb.jsonl: the questions of the first N "
+                         "ask-only facts and their references (to measure memory reading on the training distribution)")
     a = ap.parse_args(argv)
     rng = random.Random(a.seed)
     real = set()
@@ -120,7 +131,10 @@ def main(argv):
     with open(os.path.join(a.out, "kb.jsonl"), "w", encoding="utf-8") as f:
         for fact in facts:
             f.write(json.dumps({"id": fact["id"], "text": kb_text(fact), "source": "synthetic"}) + "\n")
-    n_recall = int(len(facts) * RECALL_SHARE)
+    if a.recall_share < 0 or a.ask_share < 0 or a.recall_share + a.ask_share > 1:
+        ap.error("--recall-share and --ask-share must be >= 0 and sum to at most 1")
+    n_recall = int(len(facts) * a.recall_share)
+    n_ask = int(len(facts) * a.ask_share)
     docs = []
     i = 0
     while i < n_recall:  # state, then ask
@@ -129,12 +143,17 @@ def main(argv):
         asked = group[:]
         rng.shuffle(asked)
         docs.append("".join(kb_text(g) + "\n" for g in group) + "".join(qa_text(g) for g in asked))
+    i = n_recall
+    while i < n_recall + n_ask:  # ask only: the answer is in the knowledge base, nowhere in the text
+        group = facts[i:min(n_recall + n_ask, i + rng.randint(*ASK_FACTS))]
+        i += len(group)
+        docs.append("".join(qa_text(g) for g in group))
     for _ in range(a.copy_docs):  # a list, then the same list again (sometimes a third time)
         words = " ".join(name(rng) for _ in range(rng.randint(*COPY_WORDS)))
         opener = rng.choice(["List", "Names", "Words", "Code words", "Call signs"])
         docs.append("%s: %s.\n" % (opener, words) + "Again: %s.\n" % words * rng.choice([1, 1, 2]))
     items = []
-    for fact in facts[n_recall:]:
+    for fact in facts[n_recall + n_ask:]:
         items += renderings(fact, RENDERINGS, rng)
     rng.shuffle(items)
     i = 0
@@ -144,6 +163,15 @@ def main(argv):
         i += k
     rng.shuffle(docs)
     n_docs = len(docs)
+    asked_only = facts[n_recall:n_recall + min(n_ask, a.questions)]
+    if asked_only:
+        with open(os.path.join(a.out, "ask-questions.jsonl"), "w", encoding="utf-8") as f:
+            for fact in asked_only:
+                f.write(json.dumps({"id": "q:" + fact["id"], "fact_id": fact["id"], "relation": fact["relation"],
+                                    "question": question_prompt(fact), "answer": fact["answer"]}) + "\n")
+        with open(os.path.join(a.out, "ask-kb.jsonl"), "w", encoding="utf-8") as f:
+            for fact in asked_only:
+                f.write(json.dumps({"id": fact["id"], "text": kb_text(fact), "source": "synthetic"}) + "\n")
     with open(os.path.join(a.out, "train.jsonl"), "w", encoding="utf-8") as f:
         for d, text in enumerate(docs):
             f.write(json.dumps({"id": "%s-train:%06d" % (a.id_prefix, d), "text": text}) + "\n")
