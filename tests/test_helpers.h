@@ -1,11 +1,15 @@
-// Shared helpers for tests: temp directories, small random models, running the m3 binary.
+// Shared helpers for tests: temp directories, small random models, running the m3 binary and other
+// child processes.
 #pragma once
 
+#include <fcntl.h>
+#include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
+#include <chrono>
 #include <cmath>
 #include <functional>
 #include <cstdio>
@@ -14,6 +18,9 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
 
@@ -57,6 +64,9 @@ inline ModelConfig write_test_model(const std::string& path, uint64_t seed = 3) 
   return c;
 }
 
+// A wait status as a shell reports it: the exit code, or 128 + the signal that ended the process.
+inline int exit_code_of(int status) { return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status); }
+
 struct RunResult {
   int exit_code = -1;
   std::string out;  // stdout and stderr together
@@ -70,8 +80,7 @@ inline RunResult run(const std::string& cmd) {
   std::array<char, 4096> buf;
   size_t n;
   while ((n = std::fread(buf.data(), 1, buf.size(), p)) > 0) r.out.append(buf.data(), n);
-  const int status = ::pclose(p);
-  r.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.exit_code = exit_code_of(::pclose(p));
   return r;
 }
 
@@ -85,6 +94,115 @@ inline void expect_error(const std::string& args, const std::string& needle) {
   EXPECT_EQ(r.out.rfind("m3: error: ", 0), 0u) << args << "\n" << r.out;
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
   EXPECT_NE(r.out.find(needle), std::string::npos) << "expected '" << needle << "' in: " << r.out;
+}
+
+// A child process with its stdout and stderr on a pipe, read through out(). A child not waited
+// for is killed (SIGKILL) and reaped when the object goes, so that a failed ASSERT leaves no
+// process running.
+class ChildProcess {
+ public:
+  ChildProcess() = default;
+  ChildProcess(pid_t pid, FILE* output) : pid_(pid), out_(output) {}  // takes both over
+  ~ChildProcess() { release(); }
+  ChildProcess(ChildProcess&& o) noexcept { *this = std::move(o); }
+  ChildProcess& operator=(ChildProcess&& o) noexcept {
+    if (this != &o) {
+      release();
+      pid_ = std::exchange(o.pid_, -1);
+      out_ = std::exchange(o.out_, nullptr);
+      reaped_ = std::exchange(o.reaped_, false);
+    }
+    return *this;
+  }
+  ChildProcess(const ChildProcess&) = delete;
+  ChildProcess& operator=(const ChildProcess&) = delete;
+
+  FILE* out() const { return out_; }
+
+  // pid -1 would signal every process of this user (kill(2)): only a live child is signalled.
+  void send_signal(int sig) {
+    if (running()) ::kill(pid_, sig);
+  }
+
+  // Waits for the child to end: the exit_code_of() its status; -1 if there is no child to wait for.
+  int wait_exit() {
+    if (!running()) return -1;  // waitpid(-1) would reap any child
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    reaped_ = true;
+    return exit_code_of(status);
+  }
+
+  // As wait_exit(), but a child still running after timeout_s is killed (SIGKILL) and -1 returned.
+  int wait_exit(double timeout_s) {
+    if (!running()) return -1;
+    const auto t0 = std::chrono::steady_clock::now();
+    int status = 0;
+    while (std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() < timeout_s) {
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        reaped_ = true;
+        return exit_code_of(status);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    kill_and_reap();
+    return -1;
+  }
+
+ private:
+  bool running() const { return pid_ > 0 && !reaped_; }
+
+  void kill_and_reap() {
+    if (!running()) return;
+    ::kill(pid_, SIGKILL);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    reaped_ = true;
+  }
+
+  void release() {
+    kill_and_reap();
+    if (out_) std::fclose(out_);
+    out_ = nullptr;
+  }
+
+  pid_t pid_ = -1;
+  FILE* out_ = nullptr;
+  bool reaped_ = false;
+};
+
+// Starts args[0] (a path: no PATH search) with argv `args`, in this process's environment plus
+// extra_env ("NAME=value"). extra_env is appended, so a NAME already set here keeps its value in
+// the child (getenv finds the first).
+inline ChildProcess spawn(const std::vector<std::string>& args, const std::vector<std::string>& extra_env = {}) {
+  // Everything the child needs is built before fork: a forked child of a threaded process may
+  // only make async-signal-safe calls (no malloc) before exec.
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) env.push_back(*e);
+  env.insert(env.end(), extra_env.begin(), extra_env.end());
+  std::vector<char*> argv, envp;
+  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
+  argv.push_back(nullptr);
+  envp.push_back(nullptr);
+  int fds[2];
+  EXPECT_EQ(::pipe2(fds, O_CLOEXEC), 0);  // O_CLOEXEC: no other child inherits either end
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::dup2(fds[1], 1);
+    ::dup2(fds[1], 2);
+    ::execve(argv[0], argv.data(), envp.data());
+    ::_exit(127);
+  }
+  ::close(fds[1]);
+  return ChildProcess(pid, ::fdopen(fds[0], "r"));
+}
+
+// One line from `in`, without its '\n'; "" at the end of the input (check feof to tell an empty line).
+inline std::string read_line(FILE* in) {
+  std::string line;
+  for (int ch; (ch = std::fgetc(in)) != EOF && ch != '\n';) line += static_cast<char>(ch);
+  return line;
 }
 
 // ‖a − b‖ / ‖b‖ (a against a double-precision reference b)

@@ -15,12 +15,9 @@
 // Each test that needs a cluster starts its own (about 5 s) and always stops it. The fault tests
 // print what they measured (faults injected, reads checked, failover times); docs/redis-cluster.md
 // records them. Without redis-server these tests fail, they do not skip.
-#include <fcntl.h>
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -91,48 +88,6 @@ std::pair<test::RedisTestCluster::Node, test::RedisTestCluster::Node> master_wit
   }
   ADD_FAILURE() << "no master with a live replica";
   return {};
-}
-
-// A child process (execv) with stdout and stderr on a pipe.
-struct Child {
-  pid_t pid = -1;
-  FILE* out = nullptr;
-};
-
-Child spawn(const std::vector<std::string>& args, const std::vector<std::string>& extra_env = {}) {
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) env.push_back(*e);
-  for (const std::string& e : extra_env) env.push_back(e);
-  std::vector<char*> argv, envp;
-  for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  for (const auto& e : env) envp.push_back(const_cast<char*>(e.c_str()));
-  argv.push_back(nullptr);
-  envp.push_back(nullptr);
-  int fds[2];
-  EXPECT_EQ(::pipe2(fds, O_CLOEXEC), 0);
-  Child c;
-  c.pid = ::fork();
-  if (c.pid == 0) {
-    ::dup2(fds[1], 1);
-    ::dup2(fds[1], 2);
-    ::execve(argv[0], argv.data(), envp.data());
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  c.out = ::fdopen(fds[0], "r");
-  return c;
-}
-
-std::string read_line(FILE* f) {
-  std::string line;
-  for (int ch; (ch = std::fgetc(f)) != EOF && ch != '\n';) line += static_cast<char>(ch);
-  return line;
-}
-
-int wait_exit(pid_t pid) {
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }
 
 // ---- key slots ----------------------------------------------------------------------------------
@@ -287,12 +242,11 @@ TEST(RedisCluster, PushKilledTwiceResumesToIdenticalData) {
   int kills = 0;
   int64_t last = 0;
   for (const int64_t kill_after : {48, 160}) {
-    Child c = spawn({kM3, "bank", "push", dir, uri, "--batch", "16"}, {"M3_PUSH_THROTTLE_MS=50"});
+    test::ChildProcess c = test::spawn({kM3, "bank", "push", dir, uri, "--batch", "16"}, {"M3_PUSH_THROTTLE_MS=50"});
     const auto t0 = Clock::now();
     while (progress() < kill_after && since(t0) < 60) std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    ::kill(c.pid, SIGKILL);
-    EXPECT_EQ(wait_exit(c.pid), 128 + SIGKILL);
-    std::fclose(c.out);
+    c.send_signal(SIGKILL);
+    EXPECT_EQ(c.wait_exit(), 128 + SIGKILL);
     ++kills;
     const int64_t p = progress();
     EXPECT_GE(p, kill_after);
@@ -563,7 +517,7 @@ void build_rt_bank(const std::string& dir) {
 }
 
 struct Served {
-  Child child;
+  test::ChildProcess child;
   int port = -1;
   std::string log;
 };
@@ -572,16 +526,16 @@ Served serve(const std::vector<std::string>& extra) {
   std::vector<std::string> args = {kM3, "serve", "-m", kData + "/test-rt.gguf", "--port", "0", "-t", "1", "--cache-mb", "0"};
   args.insert(args.end(), extra.begin(), extra.end());
   Served s;
-  s.child = spawn(args);
+  s.child = test::spawn(args);
   for (int i = 0; i < 20; ++i) {
-    const std::string line = read_line(s.child.out);
+    const std::string line = test::read_line(s.child.out());
     s.log += line + "\n";
     std::smatch m;
     if (std::regex_search(line, m, std::regex(R"(listening on http://127\.0\.0\.1:(\d+))"))) {
       s.port = std::stoi(m[1]);
       break;
     }
-    if (std::feof(s.child.out)) break;
+    if (std::feof(s.child.out())) break;
   }
   return s;
 }
@@ -656,9 +610,8 @@ TEST(RedisClusterServe, TwoServersOnTheClusterAnswerLikeOneOnTheLocalBank) {
   EXPECT_LT(took, 20.0);
 
   for (Served* s : {&local, &a, &b}) {
-    ::kill(s->child.pid, SIGTERM);
-    EXPECT_EQ(wait_exit(s->child.pid), 0);
-    std::fclose(s->child.out);
+    s->child.send_signal(SIGTERM);
+    EXPECT_EQ(s->child.wait_exit(), 0);
   }
   std::printf("fault (c): 2 servers on %s and 1 on the local bank answered identically; the master :%d serving "
               "memory %lld killed (SIGKILL): both servers gave the local server's answer %.2f s later\n",

@@ -9,8 +9,6 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
 #include <atomic>
 #include <chrono>
@@ -770,56 +768,11 @@ TEST_F(ServerTest, AQueuedRequestTimesOut) {
 
 // ---- the CLI processes ----------------------------------------------------------------------------------
 
-// `m3 serve` as a child process with its stdout on a pipe.
-struct Child {
-  pid_t pid = -1;
-  FILE* out = nullptr;
-};
-
-Child spawn(const std::vector<std::string>& args) {
-  int fds[2];
-  EXPECT_EQ(::pipe(fds), 0);
-  Child c;
-  c.pid = ::fork();
-  if (c.pid == 0) {
-    ::dup2(fds[1], 1);
-    ::dup2(fds[1], 2);
-    ::close(fds[0]);
-    ::close(fds[1]);
-    std::vector<char*> argv;
-    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-    argv.push_back(nullptr);
-    ::execv(argv[0], argv.data());
-    ::_exit(127);
-  }
-  ::close(fds[1]);
-  c.out = ::fdopen(fds[0], "r");
-  return c;
-}
-
-std::string read_line(FILE* f) {
-  std::string line;
-  for (int ch; (ch = std::fgetc(f)) != EOF && ch != '\n';) line += static_cast<char>(ch);
-  return line;
-}
-
-int wait_exit(pid_t pid, double timeout_s) {
-  const auto t0 = Clock::now();
-  int status = 0;
-  while (std::chrono::duration<double>(Clock::now() - t0).count() < timeout_s) {
-    if (::waitpid(pid, &status, WNOHANG) == pid) return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  }
-  ::kill(pid, SIGKILL);
-  ::waitpid(pid, &status, 0);
-  return -1;
-}
-
 TEST_F(ServerTest, CliServePrintsItsUrlAndStopsGracefullyOnSigterm) {
   ::setenv("M3_SERVE_TOKEN_DELAY_MS", "5", 1);  // the stream below lasts about 1 s
-  Child c = spawn({test::m3_binary(), "serve", "-m", kModelPath, "--bank", bank_dir, "--port", "0", "--api-key", "k", "-t", "2"});
+  test::ChildProcess c = test::spawn({test::m3_binary(), "serve", "-m", kModelPath, "--bank", bank_dir, "--port", "0", "--api-key", "k", "-t", "2"});
   ::unsetenv("M3_SERVE_TOKEN_DELAY_MS");
-  const std::string line = read_line(c.out);
+  const std::string line = test::read_line(c.out());
   std::smatch m;
   ASSERT_TRUE(std::regex_search(line, m, std::regex(R"(listening on http://127\.0\.0\.1:(\d+))"))) << line;
   const int port = std::stoi(m[1]);
@@ -847,12 +800,11 @@ TEST_F(ServerTest, CliServePrintsItsUrlAndStopsGracefullyOnSigterm) {
     sc.send(req);
   });
   for (int i = 0; i < 1000 && !first_chunk; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  ::kill(c.pid, SIGTERM);
-  EXPECT_EQ(wait_exit(c.pid, 20), 0);
+  c.send_signal(SIGTERM);
+  EXPECT_EQ(c.wait_exit(20), 0);
   client.join();
   std::string rest;
-  for (std::string l; !(l = read_line(c.out)).empty() || !std::feof(c.out);) rest += l + "\n";
-  std::fclose(c.out);
+  for (std::string l; !(l = test::read_line(c.out())).empty() || !std::feof(c.out());) rest += l + "\n";
   EXPECT_NE(rest.find("SIGTERM"), std::string::npos) << rest;
   EXPECT_NE(rest.find("m3 serve: stopped"), std::string::npos) << rest;
   const Sse sse = parse_sse(streamed);
