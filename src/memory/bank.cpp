@@ -852,6 +852,11 @@ VerifyReport MemoryBank::verify() const {
   if (tail != 0)
     r.problems.push_back(records_->describe() + " ends with a partial record of " + std::to_string(tail) +
                          " bytes (opening the bank for writing removes it)");
+  // Records are encoded with trained codecs: records beside an untrained codec mean the manifest
+  // lost its codec parameters, and no record can be decoded.
+  if (memories > 0 && needs_training())
+    r.problems.push_back("bank " + dir_ + ": " + std::to_string(memories) +
+                         " records, but the manifest names no parameters for a codec that needs them: no record decodes");
 
   // Records are read in batches (one round trip per batch from a remote store, ids ascending); a
   // batch that cannot be read is read again one record at a time, so one unreadable record (a bad
