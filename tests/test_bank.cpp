@@ -304,6 +304,36 @@ TEST(BankFileOnly, CreateOpenAndManifestErrors) {
             std::string::npos);
 }
 
+// A manifest that lost a trained codec's parameter file name (fuzz_bank found one: the bank opened
+// with an untrained codec beside its records and verify said ok, though no record decoded).
+TEST(BankFileOnly, VerifyReportsRecordsBesideAnUntrainedCodec) {
+  test::TempDir tmp;
+  const std::string dir = tmp.file("bank");
+  const Corpus c = make_corpus(2, 4);
+  {
+    auto bank = MemoryBank::create(dir, test_model(), "bf16", "pq:Residual2x4,PQ4x4");
+    bank->add_references(c.docs, c.refs);
+    const MemoryShape s = bank->shape();
+    std::vector<ExplicitMemory> sample;
+    for (int64_t id = 0; id < 64; ++id) sample.push_back(random_memory(s, id, 20, 7));
+    bank->train_codecs(sample);
+    for (int64_t id = 0; id < 4; ++id) bank->append(random_memory(s, id, c.n_tokens[size_t(id)], 1));
+    bank->flush();
+  }
+  EXPECT_TRUE(MemoryBank::open(dir, nullptr, false)->verify().ok());
+  std::string manifest = test::read_all(dir + "/manifest.json");
+  const std::string named = "\"params\": \"value_codec.bin\"";
+  const size_t at = manifest.find(named);
+  ASSERT_NE(at, std::string::npos) << manifest;
+  manifest.replace(at, named.size(), "\"pa$rams\": \"value_codec.bin\"");
+  test::write_all(dir + "/manifest.json", manifest);
+  auto bank = MemoryBank::open(dir, nullptr, false);
+  const VerifyReport v = bank->verify();
+  EXPECT_FALSE(v.ok());
+  EXPECT_NE(problems(v).find("4 records, but the manifest names no parameters for a codec that needs them"), std::string::npos)
+      << problems(v);
+}
+
 // The bank checks every record it reads, whatever the backend: a flipped bit in records.bin or in
 // a value in the cluster gives the same error.
 TEST_P(BankTest, CorruptedRecordIsReportedAndNeverReturned) {
