@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The knowledge evaluation of docs/results.md: a model (default: the committed demo model) reads a
 # bank of knowledge/kb.jsonl and answers every memory-only question and 500 trained ones, with
-# memory, without memory and with RAG; multiple choice on the memory-only facts; perplexity of the
+# memory, without memory and with RAG (5 memories / references; then 1); multiple choice on the
+# memory-only facts; perplexity of the
 # held-out text (memory-only facts) with and without memory (leakage filter 2/3 and, as stage-2
 # training uses it, 0.9). Usage: scripts/eval-stage2.sh [MODEL] [OUT_DIR]
 set -euo pipefail
@@ -17,6 +18,9 @@ echo "== QA (exact match), multiple choice: memory / none / rag"
 $M3 eval -m "$model" --bank "$out/bank" --qa knowledge/questions/memory_only.jsonl --mc knowledge/mc/memory_only.jsonl \
   --out "$out/qa"
 $M3 eval -m "$model" --bank "$out/bank" --qa knowledge/questions/trained.jsonl --limit 500 --out "$out/qa-trained"
+echo "== QA and multiple choice reading ONE memory per chunk (the top bm25 reference) / RAG with one reference"
+$M3 eval -m "$model" --bank "$out/bank" --qa knowledge/questions/memory_only.jsonl --mc knowledge/mc/memory_only.jsonl \
+  --modes memory,rag --memories 1 --rag-references 1 --out "$out/qa-1"
 echo "== perplexity of knowledge/heldout.jsonl: memory / none (leakage filter 2/3, then 0.9)"
 $M3 eval -m "$model" --bank "$out/bank" --perplexity knowledge/heldout.jsonl --modes memory,none --out "$out/ppl"
 $M3 eval -m "$model" --bank "$out/bank" --perplexity knowledge/heldout.jsonl --modes memory,none --leakage 0.9 \
