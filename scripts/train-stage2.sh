@@ -3,7 +3,7 @@
 # scripts/train-stage1.sh):
 #   1. scripts/get-knowledge.sh               fact tables → knowledge/ (committed; rebuilt only if missing)
 #   2. tools/knowledge/synthetic.py           invented facts → data/knowledge-synth/ (60,000; the ask-only
-#                                             recipe: 200,000 → data/knowledge-synth-ask/); the training
+#                                             recipe: 200,000 → data/knowledge-synth-ask/, -ask-rel/); the training
 #                                             knowledge base (the config's memory.kb) = knowledge/kb.jsonl + theirs
 #   3. m3 data tokenize                       knowledge/train.jsonl + invented + Moby-Dick → the config's data.dir
 #   4. m3 train -c CONFIG (default configs/stage2-tiny8.toml; resumes when a run exists) → its [output] dir
@@ -23,16 +23,18 @@ init=$(sed -n 's/^init = "\([^"]*\)".*/\1/p' "$config" | head -1)
 # its own invented facts, the others share data/knowledge-synth.
 ds=$(sed -n '/^\[data\]/,/^\[/s/^dir = "\([^"]*\)".*/\1/p' "$config" | head -1)
 kb=$(sed -n 's/^kb = "\([^"]*\)".*/\1/p' "$config" | head -1)
-if [[ $ds == data/tokens/stage2-ask ]]; then
-  synth=data/knowledge-synth-ask
-  synth_args=(--facts 200000 --recall-share 0.15 --ask-share 0.7 --copy-docs 5000 --seed 778 --questions 3000)
-else
-  synth=data/knowledge-synth
-  synth_args=()
-fi
-if [[ ! -f $kb/synthetic-kb.jsonl ]]; then
+# data/tokens/stage2-ask-rel: the same facts and knowledge base, each ask document of one relation.
+ask_args=(--facts 200000 --recall-share 0.15 --ask-share 0.7 --copy-docs 5000 --seed 778 --questions 3000)
+case $ds in
+  data/tokens/stage2-ask) synth=data/knowledge-synth-ask; synth_args=("${ask_args[@]}") ;;
+  data/tokens/stage2-ask-rel) synth=data/knowledge-synth-ask-rel; synth_args=("${ask_args[@]}" --ask-one-relation) ;;
+  *) synth=data/knowledge-synth; synth_args=() ;;
+esac
+if [[ ! -f $synth/train.jsonl ]]; then
   echo "== invented facts"
   /usr/bin/python3 tools/knowledge/synthetic.py --knowledge knowledge --out "$synth" "${synth_args[@]}"
+fi
+if [[ ! -f $kb/synthetic-kb.jsonl ]]; then
   mkdir -p "$kb"
   cp knowledge/kb.jsonl "$kb/kb.jsonl"
   cp "$synth/kb.jsonl" "$kb/synthetic-kb.jsonl"

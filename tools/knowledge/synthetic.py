@@ -24,6 +24,12 @@ fact never reads that fact's memory: its overlap is > 0.9). Deterministic (fixed
 QA format whose facts are stated nowhere in the text, only in the knowledge base. A question's
 overlap with its reference is ~0.7, under the 0.9 leak limit, so the chunk that asks reads the
 reference that answers, and reading it is the only way to predict the answer.
+
+--ask-one-relation makes each ask document ask about facts of ONE relation. The facts are
+invented round-robin over the relations, so by default a document's questions (and the chunk's
+5 references) are of different relations, told apart by their template words; at evaluation a
+question's 4 other memories are mostly the same relation's ("The airport code MEX serves..."
+beside BOS), told apart only by the subject. One relation per document trains that choice.
 """
 
 from __future__ import annotations
@@ -104,6 +110,8 @@ def main(argv):
     ap.add_argument("--copy-docs", type=int, default=COPY_DOCS)
     ap.add_argument("--recall-share", type=float, default=RECALL_SHARE, help="facts stated, then asked, in one document")
     ap.add_argument("--ask-share", type=float, default=0.0, help="facts only asked; stated only in the knowledge base")
+    ap.add_argument("--ask-one-relation", action="store_true",
+                    help="each ask document asks about facts of one relation (same-relation memories side by side)")
     ap.add_argument("--seed", type=int, default=SEED, help="another seed gives another, disjoint-in-practice set")
     ap.add_argument("--id-prefix", default="synth", help="fact ids are PREFIX:relation:n")
     ap.add_argument("--questions", type=int, default=0,
@@ -143,6 +151,9 @@ def main(argv):
         asked = group[:]
         rng.shuffle(asked)
         docs.append("".join(kb_text(g) + "\n" for g in group) + "".join(qa_text(g) for g in asked))
+    asked_only = facts[n_recall:n_recall + min(n_ask, a.questions)]  # before regrouping: every relation
+    if a.ask_one_relation:  # the same facts, regrouped: consecutive ask facts share their relation
+        facts[n_recall:n_recall + n_ask] = sorted(facts[n_recall:n_recall + n_ask], key=lambda f: f["relation"])
     i = n_recall
     while i < n_recall + n_ask:  # ask only: the answer is in the knowledge base, nowhere in the text
         group = facts[i:min(n_recall + n_ask, i + rng.randint(*ASK_FACTS))]
@@ -163,7 +174,6 @@ def main(argv):
         i += k
     rng.shuffle(docs)
     n_docs = len(docs)
-    asked_only = facts[n_recall:n_recall + min(n_ask, a.questions)]
     if asked_only:
         with open(os.path.join(a.out, "ask-questions.jsonl"), "w", encoding="utf-8") as f:
             for fact in asked_only:
