@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The knowledge evaluation of docs/results.md: a model (default: the committed demo model) reads a
 # bank of knowledge/kb.jsonl and answers every memory-only question and 500 trained ones, with
-# memory, without memory and with RAG (5 memories / references; then 1); multiple choice on the
-# memory-only facts; perplexity of the
+# memory (the model's memories per chunk), without memory and with RAG (5 references), then with 1
+# memory and RAG with 1 reference; multiple choice on the memory-only facts; perplexity of the
 # held-out text (memory-only facts) with and without memory (leakage filter 2/3 and, as stage-2
 # training uses it, 0.9). Usage: scripts/eval-stage2.sh [MODEL] [OUT_DIR]
 set -euo pipefail

@@ -18,17 +18,17 @@ GGUF_UINT32 = 4
 KEYS = {"tokens_per_head": "memory3.memory.tokens_per_head", "per_chunk": "memory3.memory.per_chunk"}
 
 
-def set_u32(data: bytearray, key: str, value: int) -> int:
+def set_u32(data: bytearray, path: str, key: str, value: int) -> int:
     name = key.encode()
     # A key is stored as u64 length + bytes, then its u32 type and value.
     pattern = struct.pack("<Q", len(name)) + name
     at = data.find(pattern)
     if at < 0 or data.find(pattern, at + 1) >= 0:
-        sys.exit("%s: expected exactly one metadata key %s" % (args.input, key))
+        sys.exit("%s: expected exactly one metadata key %s" % (path, key))
     at += len(pattern)
     (vtype,) = struct.unpack_from("<I", data, at)
     if vtype != GGUF_UINT32:
-        sys.exit("%s: %s has GGUF type %d, not uint32" % (args.input, key, vtype))
+        sys.exit("%s: %s has GGUF type %d, not uint32" % (path, key, vtype))
     (old,) = struct.unpack_from("<I", data, at + 4)
     struct.pack_into("<I", data, at + 4, value)
     return old
@@ -50,6 +50,6 @@ for option, key in KEYS.items():
         continue
     if value <= 0:
         sys.exit("--%s must be positive" % option.replace("_", "-"))
-    print("%s: %d -> %d" % (key, set_u32(blob, key, value), value))
+    print("%s: %d -> %d" % (key, set_u32(blob, args.input, key, value), value))
 with open(args.output, "wb") as f:
     f.write(blob)
